@@ -1,0 +1,27 @@
+# make test / make demo each set up .venv from nothing (Python 3.10+ as $(PYTHON)).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: test lint demo clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cloaca-celery needs Python 3.10 or newer (set PYTHON=python3.x)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,redis]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check cloaca_celery tests example_project
+	$(BIN)/mypy cloaca_celery
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python example_project/quickstart/run_demo.py
+
+clean:
+	rm -rf $(VENV) .cloaca build *.egg-info

@@ -1,0 +1,40 @@
+"""cloaca-celery: event-driven workflow triggers for Celery.
+
+``import cloaca_celery as cloaca`` gives the cloaca ``@trigger`` API; see
+``docs/`` and DESIGN.md section 1 for the contract of each name.
+"""
+
+from .context import Context
+from .durations import parse_duration
+from .errors import (
+    CloacaError,
+    ConfigurationError,
+    ContextError,
+    UnknownTriggerError,
+    UnknownWorkflowError,
+    WorkflowDefinitionError,
+)
+from .installation import install
+from .results import TriggerResult
+from .triggers import trigger
+from .workflows import Workflow, WorkflowBuilder, register_workflow, task
+
+__all__ = [
+    "CloacaError",
+    "ConfigurationError",
+    "Context",
+    "ContextError",
+    "TriggerResult",
+    "UnknownTriggerError",
+    "UnknownWorkflowError",
+    "Workflow",
+    "WorkflowBuilder",
+    "WorkflowDefinitionError",
+    "install",
+    "parse_duration",
+    "register_workflow",
+    "task",
+    "trigger",
+]
+
+__version__ = "0.1.0"

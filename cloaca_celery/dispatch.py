@@ -1,0 +1,99 @@
+"""The dispatcher: one beat entry that turns due schedule rows into ``cloaca.poll`` messages.
+
+Beat cannot hold one entry per trigger at scale (each message costs O(entries)
+in the default scheduler), so beat sends a single ``cloaca.dispatch`` task on
+a short tick. It claims the due triggers in one indexed query and publishes
+their polls on one producer connection, each expiring after its trigger's
+interval so an outage leaves no burst of stale polls behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from celery.schedules import schedule
+
+from .settings import Settings
+from .store import Store
+from .triggers import triggers
+
+logger = logging.getLogger("cloaca_celery.dispatch")
+
+POLL_TASK = "cloaca.poll"
+DISPATCH_TASK = "cloaca.dispatch"
+MIN_TICK = 0.05
+MAX_TICK = 1.0
+
+
+def auto_dispatch_interval() -> float:
+    """Half the shortest poll interval, between 50 ms and 1 s.
+
+    Half, so that a trigger due just after a tick waits at most half its
+    interval and its period does not slip to two intervals.
+    """
+    intervals = [d.poll_interval for d in triggers]
+    if not intervals:
+        return MAX_TICK
+    return min(MAX_TICK, max(MIN_TICK, min(intervals) / 2))
+
+
+class DispatchSchedule(schedule):
+    """A ``schedule`` whose period is read when beat asks, not when it is created.
+
+    Triggers are often imported after ``install(app)`` runs (autodiscovery),
+    so the tick is resolved from the registry at the moment beat uses it.
+    """
+
+    def __init__(self, resolve: Callable[[], float], app: Celery | None = None) -> None:
+        self._resolve = resolve
+        super().__init__(run_every=timedelta(seconds=1), app=app)
+
+    @property  # type: ignore[override]
+    def run_every(self) -> timedelta:
+        return timedelta(seconds=self._resolve())
+
+    @run_every.setter
+    def run_every(self, value: Any) -> None:
+        """Ignored: the period always comes from the resolver."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (schedule, (self.run_every, self.relative))
+
+    def __repr__(self) -> str:
+        return f"<cloaca dispatch every {self._resolve():g}s>"
+
+
+def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | None = None) -> int:
+    """Claim the due triggers and publish one ``cloaca.poll`` for each; return the count."""
+    now = time.time() if now is None else now
+    due = store.claim_due(now, settings.dispatch_batch_size)
+    if not due:
+        return 0
+    options: dict[str, Any] = {
+        "soft_time_limit": settings.poll_time_limit,
+        "time_limit": settings.poll_hard_time_limit,
+        "ignore_result": True,
+    }
+    if settings.poll_queue:
+        options["queue"] = settings.poll_queue
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for item in due:
+                remaining = item.poll_interval - (time.time() - now)
+                app.send_task(
+                    POLL_TASK, args=(item.trigger_name,), producer=producer,
+                    expires=max(remaining, 0.05), **options,
+                )
+                sent += 1
+    except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval
+        logger.warning(
+            "dispatch: broker refused publishing (%s); %d of %d due polls dropped until "
+            "their next interval", exc, len(due) - sent, len(due),
+        )
+    return sent

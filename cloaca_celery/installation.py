@@ -1,0 +1,270 @@
+"""``install(app)``: bind the registered triggers and workflows to a Celery app.
+
+It registers the ``cloaca.dispatch``, ``cloaca.poll``, ``cloaca.complete`` and
+``cloaca.failed`` tasks, adds the one beat entry that drives polling, applies
+the embedded default (broker and results in a local folder) when no broker is
+configured, and checks at worker and beat start-up that every trigger names
+a registered workflow and that JSON is the serializer. Everything that reads
+settings happens lazily, after Celery has loaded its configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, signals
+
+from .dispatch import DISPATCH_TASK, POLL_TASK, DispatchSchedule, auto_dispatch_interval, dispatch_due
+from .errors import ConfigurationError
+from .logs import quiet_plumbing_logs
+from .polling import COMPLETE_TASK, FAILED_TASK, Poller, spec_of
+from .settings import Settings, check_option_names, resolve_settings
+from .sqlstore import SqlStore
+from .store import Store
+from .triggers import triggers
+from .workflows import workflows
+
+logger = logging.getLogger("cloaca_celery.installation")
+
+_installed: weakref.WeakKeyDictionary[Celery, Installation] = weakref.WeakKeyDictionary()
+
+
+class Installation:
+    """cloaca's state for one Celery app in one process: settings, store, poller."""
+
+    def __init__(self, app: Celery, options: dict[str, Any]) -> None:
+        self.app = app
+        self.options = options
+        self._settings: Settings | None = None
+        self._store: Store | None = None
+        self._lock = threading.RLock()
+        self._pid = os.getpid()
+
+    # -- lazily resolved parts ---------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = resolve_settings(self.app.conf, self.options)
+        return self._settings
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is not None and self._pid != os.getpid():
+                dispose = getattr(self._store, "dispose", None)
+                if callable(dispose):
+                    dispose()
+                self._pid = os.getpid()
+            if self._store is None:
+                store = SqlStore(self.settings.database_url)
+                store.ensure_schema()
+                self._store = store
+            return self._store
+
+    def use_store(self, store: Store) -> None:
+        """Replace the store (the Django app and tests use this)."""
+        with self._lock:
+            self._store = store
+
+    def poller(self) -> Poller:
+        return Poller(self.app, self.settings, self.store)
+
+    def dispatch_interval(self) -> float:
+        return self.settings.dispatch_interval or auto_dispatch_interval()
+
+    # -- start-up ------------------------------------------------------------
+
+    def configure(self, conf: Any) -> None:
+        """Apply the embedded default and add the dispatch beat entry."""
+        settings = self.settings
+        if settings.embedded:
+            apply_embedded_defaults(conf, settings.home)
+        tick = DispatchSchedule(self.dispatch_interval, app=self.app)
+        beat_schedule = dict(conf.beat_schedule or {})
+        beat_schedule[DISPATCH_TASK] = {
+            "task": DISPATCH_TASK,
+            "schedule": tick,
+            "options": {
+                "expires": 2.0,
+                **({"queue": settings.dispatch_queue} if settings.dispatch_queue else {}),
+            },
+        }
+        conf.beat_schedule = beat_schedule
+
+    def check(self) -> list[str]:
+        """Every problem that must stop worker or beat start-up, as messages."""
+        problems: list[str] = []
+        for definition in triggers:
+            if definition.workflow not in workflows:
+                problems.append(
+                    f"trigger {definition.name!r} (in {definition.origin}) names workflow "
+                    f"{definition.workflow!r}, which is not registered; registered workflows: "
+                    f"{workflows.describe_names()}. Define it with WorkflowBuilder or "
+                    "register_workflow() in a module the app imports"
+                )
+        conf = self.app.conf
+        for key in ("task_serializer", "result_serializer"):
+            value = conf.get(key)
+            if value not in (None, "json"):
+                problems.append(
+                    f"Celery setting {key}={value!r}: cloaca only uses JSON; set {key}='json'"
+                )
+        accept = conf.get("accept_content") or ["json"]
+        unsafe = [c for c in accept if c in ("pickle", "application/x-python-serialize", "yaml")]
+        if unsafe:
+            problems.append(
+                f"Celery setting accept_content={list(accept)!r} accepts {', '.join(unsafe)}; "
+                "cloaca refuses unsafe serializers: set accept_content=['json']"
+            )
+        return problems
+
+    def start(self, role: str) -> None:
+        """Check the setup and create or refresh the schedule rows.
+
+        A failed check logs one critical line per problem and exits, so a
+        misconfigured worker or beat never starts polling.
+        """
+        self.app.loader.import_default_modules()
+        try:
+            problems = self.check()
+            _ = self.settings
+        except ConfigurationError as exc:
+            problems = [str(exc)]
+        if problems:
+            for problem in problems:
+                logger.critical("cloaca: %s", problem)
+            raise SystemExit(f"cloaca: {role} not started: " + "; ".join(problems))
+        store = self.store
+        store.sync_triggers([spec_of(d) for d in triggers], time.time())
+        # Close before the pool (and an embedded beat) fork: a SQLite connection
+        # must never be inherited by a child process.
+        store.close()
+        logger.info(
+            "cloaca: %s ready: %d trigger(s), %d workflow(s), store %s, dispatch every %gs",
+            role, len(triggers), len(workflows), getattr(store, "url", type(store).__name__),
+            self.dispatch_interval(),
+        )
+
+    def after_fork(self) -> None:
+        with self._lock:
+            if self._store is not None and self._pid != os.getpid():
+                dispose = getattr(self._store, "dispose", None)
+                if callable(dispose):
+                    dispose()
+                self._pid = os.getpid()
+
+
+def apply_embedded_defaults(conf: Any, home: Path) -> None:
+    """Broker in a folder (kombu ``filesystem://``), results in SQLite, under ``home``."""
+    home = home.resolve()
+    queue_dir = home / "broker" / "queue"
+    control_dir = home / "broker" / "control"
+    processed_dir = home / "broker" / "processed"
+    for folder in (queue_dir, control_dir, processed_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    conf.broker_url = "filesystem://localhost/"
+    options = dict(conf.broker_transport_options or {})
+    options.setdefault("data_folder_in", str(queue_dir))
+    options.setdefault("data_folder_out", str(queue_dir))
+    options.setdefault("control_folder", str(control_dir))
+    options.setdefault("processed_folder", str(processed_dir))
+    options.setdefault("polling_interval", 0.02)
+    conf.broker_transport_options = options
+    if not conf.get("result_backend"):
+        conf.result_backend = f"db+sqlite:///{home / 'results.db'}"
+    if not conf.get("beat_schedule_filename") or conf.get("beat_schedule_filename") == "celerybeat-schedule":
+        conf.beat_schedule_filename = str(home / "celerybeat-schedule")
+    logger.debug("cloaca: embedded default in %s", home)
+
+
+def get_installation(app: Celery) -> Installation:
+    """The installation of ``app``; ``ConfigurationError`` if install() was not called."""
+    try:
+        return _installed[app]
+    except KeyError:
+        raise ConfigurationError(
+            f"cloaca is not installed on Celery app {app.main!r}; call cloaca_celery.install(app)"
+        ) from None
+
+
+def install(app: Celery, **options: Any) -> Installation:
+    """Bind the registered triggers and workflows to ``app``.
+
+    ``options`` are the ``cloaca_`` settings without their prefix (see
+    ``docs/configuration.md``); they may also come from ``app.conf``.
+    Calling it twice on one app returns the first installation.
+    """
+    if not isinstance(app, Celery):
+        raise ConfigurationError(f"install() takes a Celery app, not {type(app).__name__}")
+    check_option_names(options)
+    existing = _installed.get(app)
+    if existing is not None:
+        if options and options != existing.options:
+            raise ConfigurationError(
+                f"cloaca is already installed on app {app.main!r} with other options"
+            )
+        return existing
+    installation = Installation(app, dict(options))
+    _installed[app] = installation
+    quiet_plumbing_logs()
+    _register_tasks(app, installation)
+
+    def on_after_configure(sender: Celery, source: Any, **_: Any) -> None:
+        installation.configure(source)
+
+    app.on_after_configure.connect(on_after_configure, weak=False)
+    if app.configured:
+        installation.configure(app.conf)
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            installation.start("worker")
+
+    def on_beat_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            installation.start("beat")
+
+    def on_process_init(**_: Any) -> None:
+        installation.after_fork()
+
+    signals.worker_init.connect(on_worker_init, weak=False)
+    signals.beat_init.connect(on_beat_init, weak=False)
+    signals.worker_process_init.connect(on_process_init, weak=False)
+    return installation
+
+
+def _register_tasks(app: Celery, installation: Installation) -> None:
+    @app.task(name=POLL_TASK, ignore_result=True, acks_late=False, serializer="json")
+    def poll(trigger_name: str) -> dict[str, Any]:
+        """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this)."""
+        return installation.poller().poll(trigger_name).as_dict()
+
+    @app.task(name=DISPATCH_TASK, ignore_result=True, acks_late=False, serializer="json")
+    def dispatch() -> int:
+        """Publish a ``cloaca.poll`` for every due trigger."""
+        return dispatch_due(app, installation.settings, installation.store)
+
+    @app.task(name=COMPLETE_TASK, ignore_result=False, serializer="json")
+    def complete(result: Any = None, *, execution: dict[str, Any]) -> Any:
+        """The last step of every fired workflow: records its success."""
+        logger.info(
+            "%s: workflow %r execution %s succeeded",
+            execution.get("trigger_name"), execution.get("workflow"), execution.get("execution_id"),
+        )
+        return result
+
+    @app.task(name=FAILED_TASK, ignore_result=True, serializer="json")
+    def failed(failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
+        """Linked as the error callback of every step: records the failure."""
+        logger.warning(
+            "%s: workflow %r execution %s failed in task %s",
+            execution.get("trigger_name"), execution.get("workflow"),
+            execution.get("execution_id"), failed_task_id,
+        )

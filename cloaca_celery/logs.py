@@ -1,0 +1,46 @@
+"""Keep Celery's per-message INFO lines about cloaca's own plumbing at DEBUG.
+
+Beat sends ``cloaca.dispatch`` many times a second and workers run a
+``cloaca.poll`` per trigger interval; Celery logs each of them at INFO.
+These filters lower those records to DEBUG (the project rule: no log line per
+skipped poll above DEBUG). They are ordinary ``logging.Filter`` objects on
+Celery's loggers; nothing in Celery is patched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+QUIET_TASKS = frozenset({"cloaca.dispatch", "cloaca.poll"})
+_LOGGERS = ("celery.beat", "celery.app.trace", "celery.worker.strategy")
+
+
+class PlumbingFilter(logging.Filter):
+    """Demote INFO records that mention a cloaca plumbing task to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not _mentions_plumbing(record.args):
+            return True
+        record.levelno = logging.DEBUG
+        record.levelname = "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _mentions_plumbing(args: object) -> bool:
+    if isinstance(args, Mapping):
+        return args.get("name") in QUIET_TASKS
+    if isinstance(args, tuple):
+        return any(isinstance(a, str) and a in QUIET_TASKS for a in args)
+    return False
+
+
+_filter = PlumbingFilter()
+
+
+def quiet_plumbing_logs() -> None:
+    """Install the filter on Celery's loggers (idempotent)."""
+    for name in _LOGGERS:
+        log = logging.getLogger(name)
+        if _filter not in log.filters:
+            log.addFilter(_filter)

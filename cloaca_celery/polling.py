@@ -1,0 +1,218 @@
+"""``poll_trigger``: poll one trigger once, and fire its workflow when it says so.
+
+This is the body of the ``cloaca.poll`` task. Beat (through the dispatcher),
+the CLI's ``poll --fire`` and the admin's "poll now" all come here, so the
+lease that stops overlapping polls, the error accounting and (later) the
+deduplication claim apply to every path alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import Celery
+from celery.canvas import Signature, chain
+from celery.exceptions import SoftTimeLimitExceeded
+
+from .context import canonical_json, check_json_value, context_hash
+from .errors import ContextError
+from .results import TriggerResult
+from .settings import Settings
+from .store import PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
+from .triggers import TriggerDefinition, triggers
+from .workflows import workflows
+
+logger = logging.getLogger("cloaca_celery.polling")
+
+COMPLETE_TASK = "cloaca.complete"
+FAILED_TASK = "cloaca.failed"
+RESERVED_KEYS = ("trigger_name", "triggered_at", "execution_id")
+
+
+@dataclass(frozen=True)
+class PollReport:
+    """What one poll did: ``skipped``, ``fired``, ``error`` or ``not_polled``."""
+
+    trigger_name: str
+    status: str
+    detail: str = ""
+    execution_id: str | None = None
+    context_hash: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trigger_name": self.trigger_name, "status": self.status, "detail": self.detail,
+            "execution_id": self.execution_id, "context_hash": self.context_hash,
+        }
+
+
+def interpret_result(raw: object, trigger_name: str) -> TriggerResult:
+    """Accept a ``TriggerResult`` or a bool; anything else is the trigger's error."""
+    if isinstance(raw, TriggerResult):
+        return raw
+    if raw is True:
+        return TriggerResult.fire()
+    if raw is False:
+        return TriggerResult.skip()
+    raise TypeError(
+        f"trigger {trigger_name!r} returned {type(raw).__name__}; it must return "
+        "TriggerResult.fire(...), TriggerResult.skip(), True or False"
+    )
+
+
+def evaluate(definition: TriggerDefinition, state: dict[str, Any] | None = None) -> TriggerResult:
+    """Call the trigger function once (with ``state`` if it takes it) and check its result."""
+    if definition.takes_state:
+        raw = definition.function(state if state is not None else {})
+    else:
+        raw = definition.function()
+    return interpret_result(raw, definition.name)
+
+
+def fire_context(
+    definition: TriggerDefinition, result: TriggerResult, execution_id: str,
+    triggered_at: datetime, max_bytes: int,
+) -> tuple[dict[str, Any], str]:
+    """The context the workflow receives, and the hash of the user's part of it."""
+    user = result.context.to_dict() if result.context is not None else {}
+    size = len(canonical_json(user).encode("utf-8"))
+    if size > max_bytes:
+        raise ContextError(
+            f"trigger {definition.name!r}: fired a context of {size} bytes, over the "
+            f"limit of {max_bytes} (setting cloaca_max_context_bytes); pass a reference "
+            "(a path, an id) instead of the data"
+        )
+    clashes = [k for k in RESERVED_KEYS if k in user]
+    if clashes:
+        logger.warning(
+            "%s: context keys %s are reserved and replaced by cloaca",
+            definition.name, ", ".join(clashes),
+        )
+    workflow_context = dict(user)
+    workflow_context.update(
+        trigger_name=definition.name,
+        triggered_at=triggered_at.isoformat(),
+        execution_id=execution_id,
+    )
+    return workflow_context, context_hash(user)
+
+
+def build_workflow_canvas(
+    app: Celery, definition: TriggerDefinition, context: dict[str, Any], execution: dict[str, Any]
+) -> Signature:
+    """The workflow's canvas followed by the completion step, failures linked to ``cloaca.failed``."""
+    workflow = workflows.get(definition.workflow)
+    canvas = workflow.build_canvas(app, context)
+    complete = app.signature(COMPLETE_TASK, kwargs={"execution": execution})
+    full: Signature = chain(canvas, complete)
+    full.link_error(app.signature(FAILED_TASK, kwargs={"execution": execution}, immutable=False))
+    return full
+
+
+class Poller:
+    """Runs polls for one app against one store (one per worker process)."""
+
+    def __init__(self, app: Celery, settings: Settings, store: Store) -> None:
+        self.app = app
+        self.settings = settings
+        self.store = store
+
+    def poll(self, name: str, *, now: float | None = None) -> PollReport:
+        definition = triggers.get(name)
+        started = time.time() if now is None else now
+        token = uuid.uuid4().hex
+        lease_seconds = self.settings.poll_hard_time_limit + 5.0
+        taken = self.store.begin_poll(name, started, lease_seconds, token)
+        if isinstance(taken, PollRefusal) and taken.reason == "missing":
+            self.store.sync_triggers([spec_of(definition)], started)
+            taken = self.store.begin_poll(name, started, lease_seconds, token)
+        if isinstance(taken, PollRefusal):
+            logger.debug("%s: not polled (%s)", name, taken.reason)
+            return PollReport(name, "not_polled", taken.reason)
+        return self._poll_leased(definition, taken)
+
+    def _poll_leased(self, definition: TriggerDefinition, lease: PollLease) -> PollReport:
+        name = definition.name
+        state = json.loads(json.dumps(lease.state)) if definition.takes_state else None
+        report: PollReport
+        error: str | None = None
+        fired_at: datetime | None = None
+        try:
+            result = evaluate(definition, state)
+        except SoftTimeLimitExceeded:
+            error = f"timed out after {self.settings.poll_time_limit:g}s (setting cloaca_poll_time_limit)"
+            report = PollReport(name, "error", error)
+        except Exception as exc:  # noqa: BLE001 - the trigger's own failure is recorded, not raised
+            error = f"{type(exc).__name__}: {exc}"
+            report = PollReport(name, "error", error)
+            self._log_error(definition, lease, error, exc)
+        else:
+            if result.is_skip_result():
+                report = PollReport(name, "skipped")
+            else:
+                fired_at = datetime.now(timezone.utc)
+                try:
+                    report = self._fire(definition, result, fired_at)
+                except Exception as exc:  # noqa: BLE001 - a failed fire is recorded on the schedule
+                    error = f"fire failed: {type(exc).__name__}: {exc}"
+                    report = PollReport(name, "error", error)
+                    fired_at = None
+                    self._log_error(definition, lease, error, exc)
+        if error is not None and report.detail.startswith("timed out"):
+            logger.warning("%s: poll %s", name, error)
+        new_state: dict[str, Any] | None = None
+        if state is not None and state != lease.state:
+            try:
+                new_state = check_json_value(state, f"trigger {name!r}: state")
+            except ContextError as exc:
+                error = error or str(exc)
+                logger.warning("%s: state not saved: %s", name, exc)
+                if report.status != "fired":
+                    report = PollReport(name, "error", str(exc))
+        saved = self.store.finish_poll(
+            lease, PollOutcome(error=error, fired_at=fired_at, state=new_state), time.time()
+        )
+        if not saved:
+            logger.warning(
+                "%s: poll outlived its lease (%.0fs); its outcome and state were not saved",
+                name, lease.until - time.time(),
+            )
+        return report
+
+    def _fire(self, definition: TriggerDefinition, result: TriggerResult, fired_at: datetime) -> PollReport:
+        execution_id = str(uuid.uuid4())
+        context, digest = fire_context(
+            definition, result, execution_id, fired_at, self.settings.max_context_bytes
+        )
+        execution = {
+            "execution_id": execution_id, "trigger_name": definition.name,
+            "workflow": definition.workflow, "context_hash": digest,
+        }
+        canvas = build_workflow_canvas(self.app, definition, context, execution)
+        canvas.apply_async()
+        logger.info(
+            "%s: fired workflow %r (execution %s, context %s)",
+            definition.name, definition.workflow, execution_id, digest[:12],
+        )
+        return PollReport(definition.name, "fired", definition.workflow, execution_id, digest)
+
+    @staticmethod
+    def _log_error(definition: TriggerDefinition, lease: PollLease, error: str, exc: BaseException) -> None:
+        count = lease.consecutive_errors + 1
+        if lease.consecutive_errors == 0:
+            logger.error("%s: poll failed: %s", definition.name, error, exc_info=exc)
+        else:
+            logger.warning("%s: poll failed (%d in a row): %s", definition.name, count, error)
+
+
+def spec_of(definition: TriggerDefinition) -> TriggerSpec:
+    return TriggerSpec(
+        name=definition.name, workflow=definition.workflow,
+        poll_interval=definition.poll_interval, allow_concurrent=definition.allow_concurrent,
+    )

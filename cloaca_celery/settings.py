@@ -1,0 +1,147 @@
+"""Options of :func:`cloaca_celery.install`, from keyword arguments or ``app.conf``.
+
+Every option can be given to ``install(app, name=value)`` or set as the Celery
+setting ``cloaca_<name>`` (``CELERY_CLOACA_<NAME>`` in Django settings with the
+``CELERY`` namespace). Keyword arguments win. Values are checked when the
+settings are first resolved, and a bad one raises ``ConfigurationError``
+naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import ConfigurationError
+
+DEFAULTS: dict[str, Any] = {
+    "database_url": None,
+    "home": ".cloaca",
+    "embedded": "auto",
+    "dispatch_interval": None,
+    "dispatch_batch_size": 5000,
+    "poll_time_limit": "30s",
+    "poll_queue": None,
+    "dispatch_queue": None,
+    "max_context_bytes": 1024 * 1024,
+}
+"""Every ``cloaca_`` setting and its default."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved options; see :data:`DEFAULTS` and ``docs/configuration.md``."""
+
+    database_url: str
+    home: Path
+    embedded: bool
+    dispatch_interval: float | None
+    dispatch_batch_size: int
+    poll_time_limit: float
+    poll_queue: str | None
+    dispatch_queue: str | None
+    max_context_bytes: int
+
+    @property
+    def poll_hard_time_limit(self) -> float:
+        """The hard limit that kills a poll the soft limit could not stop."""
+        return self.poll_time_limit + max(5.0, self.poll_time_limit * 0.1)
+
+
+def check_option_names(options: Mapping[str, Any]) -> None:
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"install(): unknown option(s) {', '.join(unknown)}; "
+            f"known options are {', '.join(sorted(DEFAULTS))}"
+        )
+
+
+def _conf_value(conf: Any, name: str) -> Any:
+    for key in (f"cloaca_{name}", f"CLOACA_{name.upper()}"):
+        try:
+            value = conf.get(key)
+        except Exception:  # noqa: BLE001 - a conf that cannot answer has no value
+            value = None
+        if value is not None:
+            return value
+    return None
+
+
+def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
+    """Merge ``options`` over ``app.conf`` over :data:`DEFAULTS` and check them."""
+    raw: dict[str, Any] = {}
+    for name, default in DEFAULTS.items():
+        if name in options:
+            raw[name] = options[name]
+        else:
+            value = _conf_value(conf, name)
+            raw[name] = default if value is None else value
+
+    home = Path(os.path.expanduser(str(raw["home"])))
+    embedded_opt = raw["embedded"]
+    if embedded_opt == "auto":
+        embedded = not _broker_configured(conf)
+    elif isinstance(embedded_opt, bool):
+        embedded = embedded_opt
+    else:
+        raise ConfigurationError(
+            f"setting cloaca_embedded: expected True, False or 'auto', got {embedded_opt!r}"
+        )
+
+    database_url = raw["database_url"]
+    if database_url is None:
+        database_url = f"sqlite:///{(home / 'cloaca.db').resolve()}"
+    elif not isinstance(database_url, str) or "://" not in database_url:
+        raise ConfigurationError(
+            "setting cloaca_database_url: expected a database URL such as "
+            "'sqlite:///cloaca.db' or 'postgresql://host/db'"
+        )
+
+    dispatch_interval = raw["dispatch_interval"]
+    if dispatch_interval is not None:
+        dispatch_interval = parse_duration(dispatch_interval, "setting cloaca_dispatch_interval")
+
+    batch = raw["dispatch_batch_size"]
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ConfigurationError(
+            f"setting cloaca_dispatch_batch_size: expected a positive integer, got {batch!r}"
+        )
+    max_bytes = raw["max_context_bytes"]
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 2:
+        raise ConfigurationError(
+            f"setting cloaca_max_context_bytes: expected a positive integer, got {max_bytes!r}"
+        )
+    for key in ("poll_queue", "dispatch_queue"):
+        if raw[key] is not None and not isinstance(raw[key], str):
+            raise ConfigurationError(f"setting cloaca_{key}: expected a queue name, got {raw[key]!r}")
+
+    return Settings(
+        database_url=database_url,
+        home=home,
+        embedded=embedded,
+        dispatch_interval=dispatch_interval,
+        dispatch_batch_size=batch,
+        poll_time_limit=parse_duration(raw["poll_time_limit"], "setting cloaca_poll_time_limit"),
+        poll_queue=raw["poll_queue"],
+        dispatch_queue=raw["dispatch_queue"],
+        max_context_bytes=max_bytes,
+    )
+
+
+def _broker_configured(conf: Any) -> bool:
+    for key in ("broker_url", "broker_read_url", "broker_write_url"):
+        try:
+            if getattr(conf, key, None) or conf.get(key):
+                return True
+        except Exception:  # noqa: BLE001 - an unreadable key counts as unset
+            continue
+    return bool(os.environ.get("CELERY_BROKER_URL"))
+
+
+def setting_names() -> list[str]:
+    return [f.name for f in fields(Settings)]

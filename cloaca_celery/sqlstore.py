@@ -1,0 +1,398 @@
+"""``SqlStore``: the SQLAlchemy implementation of :class:`~cloaca_celery.store.Store`.
+
+Works on SQLite (the embedded default), PostgreSQL and MySQL/MariaDB. The
+dispatcher's claim is one ``UPDATE ... RETURNING`` where the database has it
+(PostgreSQL with ``FOR UPDATE SKIP LOCKED`` in the sub-select, SQLite inside
+a ``BEGIN IMMEDIATE`` transaction), and ``SELECT ... FOR UPDATE SKIP LOCKED``
+followed by an ``UPDATE`` in one transaction on MySQL/MariaDB.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    case,
+    create_engine,
+    event,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from .errors import ConfigurationError, UnknownTriggerError
+from .store import DuePoll, PollLease, PollOutcome, PollRefusal, TriggerSpec
+
+logger = logging.getLogger("cloaca_celery.sqlstore")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("cloaca stores timezone-aware datetimes only")
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+schedules = Table(
+    "cloaca_schedules",
+    metadata,
+    Column("trigger_name", String(200), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("poll_interval", Float, nullable=False),
+    Column("allow_concurrent", Boolean, nullable=False, default=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("registered", Boolean, nullable=False, default=True),
+    Column("next_poll_at", Float, nullable=False),
+    Column("poll_lease_until", Float, nullable=True),
+    Column("poll_token", String(36), nullable=True),
+    Column("last_poll_at", UTCDateTime, nullable=True),
+    Column("last_fire_at", UTCDateTime, nullable=True),
+    Column("consecutive_errors", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime, nullable=True),
+    Column("state", JSON, nullable=False, default=dict),
+    Column("state_version", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
+)
+
+SCHEDULE_FIELDS = (
+    "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
+    "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
+    "last_error_at", "state", "created_at", "updated_at",
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept cloaca-style URLs (``sqlite://workflows.db``, ``sqlite://:memory:``)
+    and SQLAlchemy URLs; pick an installed driver for bare ``postgresql://`` and
+    ``mysql://``."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"database URL {url!r} is not a URL; use e.g. 'sqlite://workflows.db', "
+            "'sqlite:///abs/path.db' or 'postgresql://user@host/db'"
+        )
+    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
+        rest = url[len("sqlite://"):]
+        url = "sqlite://" if rest in ("", ":memory:") else f"sqlite:///{rest}"
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgres", "postgresql"):
+        driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+        url = f"postgresql+{driver}://{rest}"
+    elif (
+        scheme in ("mysql", "mariadb")
+        and importlib.util.find_spec("MySQLdb") is None
+        and importlib.util.find_spec("pymysql")
+    ):
+        url = f"mysql+pymysql://{rest}"
+    return url
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for ``url`` tuned for many processes sharing the database."""
+    normalized = normalize_database_url(url)
+    try:
+        parsed = make_url(normalized)
+    except ArgumentError as exc:
+        raise ConfigurationError(f"database URL {redact_url(url)!r} is malformed: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        memory = database in (None, "", ":memory:")
+        if not memory and database is not None:
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            normalized,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+        _tune_sqlite(engine, memory)
+        return engine
+    return create_engine(normalized, pool_pre_ping=True, pool_size=2, max_overflow=8)
+
+
+def _tune_sqlite(engine: Engine, memory: bool) -> None:
+    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so concurrent writers wait
+    for each other instead of failing with "database is locked"."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    try:
+        return make_url(normalize_database_url(url)).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+class SqlStore:
+    """Schedules in SQL through SQLAlchemy Core (see module docstring)."""
+
+    def __init__(self, url_or_engine: str | Engine) -> None:
+        if isinstance(url_or_engine, Engine):
+            self.engine = url_or_engine
+            self.url = url_or_engine.url.render_as_string(hide_password=True)
+        else:
+            self.engine = create_store_engine(url_or_engine)
+            self.url = redact_url(url_or_engine)
+        self._schema_lock = threading.Lock()
+        self._schema_ready = False
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def ensure_schema(self) -> None:
+        with self._schema_lock:
+            if not self._schema_ready:
+                metadata.create_all(self.engine, checkfirst=True)
+                self._schema_ready = True
+
+    def dispose(self) -> None:
+        """Forget pooled connections (after a fork, the child must not reuse them)."""
+        self.engine.dispose(close=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schedules ---------------------------------------------------------
+
+    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float) -> None:
+        wanted = {spec.name: spec for spec in specs}
+        now_dt = _utc(now)
+        t = schedules
+        with self.engine.begin() as conn:
+            rows = {
+                row.trigger_name: row
+                for row in conn.execute(
+                    select(t.c.trigger_name, t.c.workflow, t.c.poll_interval,
+                           t.c.allow_concurrent, t.c.registered)
+                )
+            }
+            for name, spec in wanted.items():
+                row = rows.get(name)
+                if row is None:
+                    continue
+                if (row.workflow, row.poll_interval, row.allow_concurrent, row.registered) != (
+                    spec.workflow, spec.poll_interval, spec.allow_concurrent, True
+                ):
+                    conn.execute(
+                        update(t).where(t.c.trigger_name == name).values(
+                            workflow=spec.workflow, poll_interval=spec.poll_interval,
+                            allow_concurrent=spec.allow_concurrent, registered=True,
+                            next_poll_at=now, updated_at=now_dt,
+                        )
+                    )
+            gone = [name for name, row in rows.items() if name not in wanted and row.registered]
+            if gone:
+                conn.execute(
+                    update(t).where(t.c.trigger_name.in_(gone)).values(registered=False, updated_at=now_dt)
+                )
+        for name, spec in wanted.items():
+            if name in rows:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        insert(t).values(
+                            trigger_name=name, workflow=spec.workflow,
+                            poll_interval=spec.poll_interval,
+                            allow_concurrent=spec.allow_concurrent, enabled=True,
+                            registered=True, next_poll_at=now, consecutive_errors=0,
+                            state={}, state_version=0, created_at=now_dt, updated_at=now_dt,
+                        )
+                    )
+            except IntegrityError:
+                logger.debug("%s: schedule row created concurrently", name)
+
+    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
+        t = schedules
+        due = and_(
+            t.c.enabled.is_(True),
+            t.c.registered.is_(True),
+            t.c.next_poll_at <= now,
+            or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
+        )
+        advanced = case(
+            (t.c.next_poll_at + t.c.poll_interval > now, t.c.next_poll_at + t.c.poll_interval),
+            else_=now + t.c.poll_interval,
+        )
+        with self.engine.begin() as conn:
+            if self.engine.dialect.update_returning:
+                pick = select(t.c.trigger_name).where(due).order_by(t.c.next_poll_at).limit(limit)
+                if self.dialect == "postgresql":
+                    pick = pick.with_for_update(skip_locked=True)
+                rows = conn.execute(
+                    update(t)
+                    .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now)
+                    .values(next_poll_at=advanced)
+                    .returning(t.c.trigger_name, t.c.poll_interval)
+                ).all()
+            else:
+                rows = conn.execute(
+                    select(t.c.trigger_name, t.c.poll_interval)
+                    .where(due)
+                    .order_by(t.c.next_poll_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                if rows:
+                    conn.execute(
+                        update(t)
+                        .where(t.c.trigger_name.in_([r.trigger_name for r in rows]))
+                        .values(next_poll_at=advanced)
+                    )
+        return [DuePoll(r.trigger_name, float(r.poll_interval)) for r in rows]
+
+    def begin_poll(self, name: str, now: float, lease_seconds: float, token: str) -> PollLease | PollRefusal:
+        t = schedules
+        with self.engine.begin() as conn:
+            taken = conn.execute(
+                update(t)
+                .where(
+                    t.c.trigger_name == name,
+                    t.c.enabled.is_(True),
+                    or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
+                )
+                .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
+            ).rowcount
+            row = conn.execute(
+                select(t.c.enabled, t.c.state, t.c.state_version, t.c.consecutive_errors)
+                .where(t.c.trigger_name == name)
+            ).first()
+        if row is None:
+            return PollRefusal(name, "missing")
+        if not taken:
+            return PollRefusal(name, "running" if row.enabled else "disabled")
+        return PollLease(
+            trigger_name=name, token=token, until=now + lease_seconds,
+            state=dict(row.state or {}), state_version=int(row.state_version),
+            consecutive_errors=int(row.consecutive_errors),
+        )
+
+    def finish_poll(self, lease: PollLease, outcome: PollOutcome, now: float) -> bool:
+        t = schedules
+        values: dict[str, Any] = {"poll_lease_until": None, "poll_token": None}
+        if outcome.error is not None:
+            values.update(
+                consecutive_errors=t.c.consecutive_errors + 1,
+                last_error=outcome.error[:4000],
+                last_error_at=_utc(now),
+            )
+        elif lease.consecutive_errors:
+            values["consecutive_errors"] = 0
+        if outcome.fired_at is not None:
+            values["last_fire_at"] = outcome.fired_at
+        if outcome.state is not None:
+            values.update(state=outcome.state, state_version=t.c.state_version + 1)
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(t)
+                .where(
+                    t.c.trigger_name == lease.trigger_name,
+                    t.c.poll_token == lease.token,
+                    t.c.state_version == lease.state_version,
+                )
+                .values(**values)
+            ).rowcount
+        return bool(done)
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(schedules).order_by(schedules.c.trigger_name)).all()
+        return [_schedule_dict(row._mapping) for row in rows]
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(schedules).where(schedules.c.trigger_name == name)).first()
+        if row is None:
+            raise UnknownTriggerError(
+                f"unknown trigger {name!r}: no schedule row in the store {self.url}"
+            )
+        return _schedule_dict(row._mapping)
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"set_enabled({name!r}, ...): enabled must be True or False")
+        t = schedules
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(t).where(t.c.trigger_name == name).values(
+                    enabled=enabled, updated_at=datetime.now(timezone.utc)
+                )
+            ).rowcount
+        if not changed:
+            raise UnknownTriggerError(
+                f"unknown trigger {name!r}: no schedule row in the store {self.url}"
+            )
+
+
+def _schedule_dict(row: Any) -> dict[str, Any]:
+    data = {name: row[name] for name in SCHEDULE_FIELDS}
+    data["poll_interval"] = float(data["poll_interval"])
+    data["enabled"] = bool(data["enabled"])
+    data["allow_concurrent"] = bool(data["allow_concurrent"])
+    data["registered"] = bool(data["registered"])
+    data["state"] = dict(data["state"] or {})
+    next_poll = row["next_poll_at"]
+    data["next_poll_at"] = _utc(float(next_poll)) if next_poll is not None else None
+    return data

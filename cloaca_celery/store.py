@@ -1,0 +1,110 @@
+"""The ``Store`` protocol: where schedules (and, later, executions and claims) live.
+
+The engine talks to the store only through this protocol so that the
+SQLAlchemy store (:mod:`cloaca_celery.sqlstore`) and the Django ORM store of
+``django_cloaca`` are interchangeable. Scheduling times that the database
+compares and adds (``next_poll_at``, lease expiry) are epoch seconds
+(floats); times shown to people are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class TriggerSpec:
+    """What the store needs to know about a registered trigger."""
+
+    name: str
+    workflow: str
+    poll_interval: float
+    allow_concurrent: bool
+
+
+@dataclass(frozen=True)
+class DuePoll:
+    """A trigger whose poll slot the dispatcher has just claimed."""
+
+    trigger_name: str
+    poll_interval: float
+
+
+@dataclass(frozen=True)
+class PollLease:
+    """Proof that this poll owns its trigger until ``until`` (epoch seconds)."""
+
+    trigger_name: str
+    token: str
+    until: float
+    state: dict[str, Any] = field(default_factory=dict)
+    state_version: int = 0
+    consecutive_errors: int = 0
+
+
+@dataclass(frozen=True)
+class PollRefusal:
+    """Why a poll did not start: ``disabled``, ``running`` (overlap) or ``missing``."""
+
+    trigger_name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PollOutcome:
+    """What a finished poll writes back to its schedule row."""
+
+    error: str | None = None
+    fired_at: datetime | None = None
+    state: dict[str, Any] | None = None
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistence of trigger schedules, shared by every beat and worker."""
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the tables."""
+        ...
+
+    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float) -> None:
+        """Create missing schedule rows and refresh changed ones.
+
+        An operator's ``enabled`` choice is kept; rows of triggers absent
+        from ``specs`` are marked unregistered and no longer dispatched.
+        """
+        ...
+
+    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
+        """Atomically take the poll slot of up to ``limit`` due, enabled triggers.
+
+        Each claimed row's ``next_poll_at`` moves one interval on (or to
+        ``now + interval`` when it fell behind), so concurrent dispatchers
+        split the due triggers between them instead of doubling them.
+        """
+        ...
+
+    def begin_poll(self, name: str, now: float, lease_seconds: float, token: str) -> PollLease | PollRefusal:
+        """Start a poll if the trigger is enabled and no other poll of it runs."""
+        ...
+
+    def finish_poll(self, lease: PollLease, outcome: PollOutcome, now: float) -> bool:
+        """Release the lease and record the outcome; ``False`` if the lease was lost."""
+        ...
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        ...
+
+    def get_schedule(self, name: str) -> dict[str, Any]:
+        """One schedule as a dict; ``KeyError`` naming the trigger if unknown."""
+        ...
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Switch a trigger on or off; ``KeyError`` if unknown."""
+        ...
+
+    def close(self) -> None:
+        ...

@@ -1,0 +1,176 @@
+"""The ``@trigger`` decorator and the registry of trigger definitions.
+
+A trigger is a cheap function polled by Celery. Decorating it records a
+:class:`TriggerDefinition` in this process's registry and returns the function
+unchanged, so it stays callable (and testable) as plain Python.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .durations import Duration, parse_duration
+from .errors import ConfigurationError, UnknownTriggerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_POLL_INTERVAL = "5s"
+
+
+@dataclass(frozen=True)
+class TriggerDefinition:
+    """What ``@trigger`` recorded about one trigger function."""
+
+    name: str
+    workflow: str
+    poll_interval: float
+    allow_concurrent: bool
+    function: Callable[..., Any]
+    takes_state: bool
+
+    @property
+    def origin(self) -> str:
+        """``module.qualname`` of the function, used in messages."""
+        fn = self.function
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+class TriggerRegistry:
+    """The triggers defined in this process, by name (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, TriggerDefinition] = {}
+        self._lock = threading.Lock()
+
+    def add(self, definition: TriggerDefinition) -> None:
+        with self._lock:
+            existing = self._items.get(definition.name)
+            if existing is not None and existing.origin != definition.origin:
+                raise ConfigurationError(
+                    f"trigger {definition.name!r} is already defined by {existing.origin}; "
+                    f"{definition.origin} cannot use the same name. Pass a distinct "
+                    "name=... to @trigger"
+                )
+            self._items[definition.name] = definition
+
+    def get(self, name: str) -> TriggerDefinition:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownTriggerError(
+                f"unknown trigger {name!r}; known triggers: {self.describe_names()}"
+            ) from None
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._items.pop(name, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def describe_names(self) -> str:
+        names = self.names()
+        if not names:
+            return "none (is the module that defines them imported?)"
+        return ", ".join(repr(n) for n in names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[TriggerDefinition]:
+        return iter(sorted(self._items.values(), key=lambda d: d.name))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+triggers = TriggerRegistry()
+"""The process-wide trigger registry that ``@trigger`` writes to."""
+
+
+def _takes_state(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    required = [
+        p for p in params
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if not required:
+        return any(p.name == "state" for p in params)
+    if len(required) == 1 and required[0].name == "state" and required[0].kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    ):
+        return True
+    raise ConfigurationError(
+        f"trigger {name!r}: the function must take no parameters, or one parameter "
+        f"named 'state' (a persisted dict); it takes ({', '.join(p.name for p in required)})"
+    )
+
+
+def trigger(
+    workflow: str,
+    *,
+    name: str | None = None,
+    poll_interval: Duration = DEFAULT_POLL_INTERVAL,
+    allow_concurrent: bool = False,
+) -> Callable[[F], F]:
+    """Register the decorated function as a trigger of ``workflow``.
+
+    The function returns ``TriggerResult.skip()`` / ``TriggerResult.fire(ctx)``
+    (or ``False`` / ``True``). It is polled about once per ``poll_interval``
+    by the ``cloaca.poll`` Celery task once :func:`cloaca_celery.install` has
+    bound the registry to an app. Invalid arguments raise ``ValueError`` here,
+    at decoration time.
+    """
+    if callable(workflow) and not isinstance(workflow, str):
+        raise ConfigurationError(
+            "@trigger needs the workflow name: write @trigger(workflow='name', ...), "
+            "not a bare @trigger"
+        )
+
+    def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise ConfigurationError(f"@trigger must decorate a function, not {fn!r}")
+        trigger_name = name if name is not None else getattr(fn, "__name__", None)
+        if not isinstance(trigger_name, str) or not trigger_name.strip():
+            raise ConfigurationError(
+                f"@trigger on {fn!r}: name must be a non-empty string, got {trigger_name!r}"
+            )
+        if len(trigger_name) > 200:
+            raise ConfigurationError(
+                f"trigger {trigger_name[:40]!r}...: names are limited to 200 characters"
+            )
+        if not isinstance(workflow, str) or not workflow.strip():
+            raise ConfigurationError(
+                f"trigger {trigger_name!r}: workflow must be a non-empty workflow name, "
+                f"got {workflow!r}"
+            )
+        if not isinstance(allow_concurrent, bool):
+            raise ConfigurationError(
+                f"trigger {trigger_name!r}: allow_concurrent must be True or False, "
+                f"got {allow_concurrent!r}"
+            )
+        interval = parse_duration(poll_interval, f"trigger {trigger_name!r}: poll_interval")
+        definition = TriggerDefinition(
+            name=trigger_name,
+            workflow=workflow,
+            poll_interval=interval,
+            allow_concurrent=allow_concurrent,
+            function=fn,
+            takes_state=_takes_state(fn, trigger_name),
+        )
+        triggers.add(definition)
+        return fn
+
+    return decorate

@@ -1,0 +1,1 @@
+"""django_cloaca: the optional Django app of cloaca-celery (models, admin, ORM store)."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: a clean trigger/workflow/task registry for every test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cloaca_celery.triggers import triggers
+from cloaca_celery.workflows import tasks, workflows
+
+
+@pytest.fixture(autouse=True)
+def clean_registries() -> Iterator[None]:
+    """Each test starts with the registries it found and leaves them so."""
+    saved_triggers = dict(triggers._items)
+    saved_workflows = dict(workflows._items)
+    saved_tasks = (dict(tasks._by_id), dict(tasks._by_object), list(tasks._objects))
+    yield
+    triggers._items.clear()
+    triggers._items.update(saved_triggers)
+    workflows._items.clear()
+    workflows._items.update(saved_workflows)
+    tasks._by_id.clear()
+    tasks._by_id.update(saved_tasks[0])
+    tasks._by_object.clear()
+    tasks._by_object.update(saved_tasks[1])
+    tasks._objects[:] = saved_tasks[2]

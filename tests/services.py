@@ -1,0 +1,42 @@
+"""Finding the real services the tests talk to, and failing or skipping when one is missing.
+
+With ``CLOACA_TEST_REQUIRE_SERVICES=1`` (what ``.ci/run`` sets) a missing
+service fails the test; otherwise the test is skipped with the reason, so
+``make test`` on a laptop without Redis says which tests it skipped and why.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+REDIS_HOST = os.environ.get("CLOACA_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("CLOACA_TEST_REDIS_PORT", "6379"))
+
+
+def services_required() -> bool:
+    return os.environ.get("CLOACA_TEST_REQUIRE_SERVICES", "") not in ("", "0", "false", "no")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    """Fail (CI) or skip (laptop) the calling test if ``host:port`` does not answer."""
+    if _reachable(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if services_required():
+        pytest.fail(f"{message} and CLOACA_TEST_REQUIRE_SERVICES=1 (start it; see .ci/run)")
+    pytest.skip(f"{message}; start it to run this test")
+
+
+def need_redis() -> None:
+    need_service("Redis", REDIS_HOST, REDIS_PORT)
