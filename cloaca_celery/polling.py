@@ -148,6 +148,7 @@ class Poller:
         except SoftTimeLimitExceeded:
             error = f"timed out after {self.settings.poll_time_limit:g}s (setting cloaca_poll_time_limit)"
             report = PollReport(name, "error", error)
+            logger.warning("%s: poll %s", name, error)
         except Exception as exc:  # noqa: BLE001 - the trigger's own failure is recorded, not raised
             error = f"{type(exc).__name__}: {exc}"
             report = PollReport(name, "error", error)
@@ -164,8 +165,6 @@ class Poller:
                     report = PollReport(name, "error", error)
                     fired_at = None
                     self._log_error(definition, lease, error, exc)
-        if error is not None and report.detail.startswith("timed out"):
-            logger.warning("%s: poll %s", name, error)
         new_state: dict[str, Any] | None = None
         if state is not None and state != lease.state:
             try:

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from celery import Celery, shared_task
-from celery.canvas import Signature, chain, group
+from celery.canvas import Signature, _chain, chain, chord, group
 
 from .context import Context, check_json_value
 from .errors import ConfigurationError, UnknownWorkflowError, WorkflowDefinitionError
@@ -239,8 +239,34 @@ class CanvasWorkflow:
     description: str = ""
 
     def build_canvas(self, app: Celery, context: dict[str, Any]) -> Signature:
-        built: Signature = self.canvas.clone(args=(context,))
-        return built
+        return with_first_argument(self.canvas, context)
+
+
+def with_first_argument(canvas: Signature, value: Any) -> Signature:
+    """A copy of ``canvas`` whose first task(s) receive ``value`` as first argument.
+
+    A chain's first task, every task of a group, a chord's header; a plain
+    signature gets it prepended to its partial arguments. Immutable
+    signatures (``.si()``) are left as they are: they asked not to receive it.
+    """
+    if isinstance(canvas, _chain):
+        copy = canvas.clone()
+        tasks = list(copy.tasks)
+        tasks[0] = with_first_argument(tasks[0], value)
+        copy.kwargs["tasks"] = tasks
+        return copy
+    if isinstance(canvas, chord):
+        copy = canvas.clone()
+        copy.kwargs["header"] = [with_first_argument(t, value) for t in copy.tasks]
+        return copy
+    if isinstance(canvas, group):
+        copy = canvas.clone()
+        copy.kwargs["tasks"] = [with_first_argument(t, value) for t in copy.tasks]
+        return copy
+    if canvas.immutable:
+        return canvas.clone()
+    cloned: Signature = canvas.clone(args=(value,))
+    return cloned
 
 
 @dataclass

@@ -1,0 +1,129 @@
+"""Real ``celery worker`` / ``celery beat`` subprocesses for end-to-end tests.
+
+Each process is started in its own session and stopped by its process group
+id (never by name): SIGTERM, then SIGKILL if it has not exited in time. The
+app modules live in ``tests/e2e/apps`` and read their broker, store and
+trigger selection from ``E2E_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+APPS = Path(__file__).resolve().parent / "apps"
+
+
+class CeleryProcess:
+    """One running celery command, its log file and how to stop it."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.name = name
+        self.log_path = cwd / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "celery", *args],
+            cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if not self.running():
+                raise AssertionError(f"{self.name} exited ({self.popen.returncode}):\n{self.log()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: {text!r} not logged within {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.popen.poll() is None:
+            _signal_group(self.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        # Prefork children share the group: make sure none outlives the test.
+        _signal_group(self.pid, signal.SIGKILL)
+        self._log.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class CeleryProject:
+    """Starts worker and beat processes of one app module inside ``workdir``."""
+
+    def __init__(self, workdir: Path, module: str, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.module = module
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "E2E_"))}
+        base["PYTHONPATH"] = os.pathsep.join([str(APPS), str(REPO)])
+        base["PYTHONUNBUFFERED"] = "1"
+        base.update(env)
+        self.env = base
+        self.processes: list[CeleryProcess] = []
+
+    def worker(self, *extra: str, concurrency: int = 2, name: str | None = None) -> CeleryProcess:
+        node = name or f"w{len(self.processes)}"
+        args = [
+            "-A", self.module, "worker", "-l", "info", "-c", str(concurrency),
+            "-n", f"{node}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
+            *extra,
+        ]
+        return self._start(node, args)
+
+    def beat(self, *extra: str, name: str = "beat") -> CeleryProcess:
+        schedule = self.workdir / f"{name}-schedule"
+        args = ["-A", self.module, "beat", "-l", "info", "-s", str(schedule), *extra]
+        return self._start(name, args)
+
+    def _start(self, name: str, args: list[str]) -> CeleryProcess:
+        proc = CeleryProcess(name, args, self.env, self.workdir)
+        self.processes.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"----- {p.name} -----\n{p.log()[-6000:]}" for p in self.processes)
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, project: CeleryProject | None = None) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the logs otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            logs = project.logs() if project is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+        time.sleep(0.05)

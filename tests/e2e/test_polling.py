@@ -1,0 +1,114 @@
+"""Beat + worker as separate processes against Redis: polls happen on time, alone, and survive errors."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloaca_celery.sqlstore import SqlStore
+from tests.e2e.harness import CeleryProject, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+def _times(client: Any, key: str) -> list[float]:
+    return [float(x) for x in client.lrange(key, 0, -1)]
+
+
+def _env(redis_url: str, tmp_path: Path, triggers: str, **extra: str) -> dict[str, str]:
+    return {
+        "E2E_REDIS_URL": redis_url,
+        "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+        "E2E_TRIGGERS": triggers,
+        **extra,
+    }
+
+
+def test_sub_second_triggers_are_polled_about_once_per_interval(
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    project = launch("e2e_app", **_env(redis_url, tmp_path, "every_100ms,every_500ms"))
+    project.worker(concurrency=4)
+    project.beat()
+    wait_until(lambda: len(_times(redis_client, "polls:every_500ms")) >= 12, 40, "12 polls at 500ms", project)
+    fast = _times(redis_client, "polls:every_100ms")
+    slow = _times(redis_client, "polls:every_500ms")
+    fast_gaps = [b - a for a, b in zip(fast[5:], fast[6:])]
+    slow_gaps = [b - a for a, b in zip(slow[2:], slow[3:])]
+    assert 0.07 <= statistics.median(fast_gaps) <= 0.15, fast_gaps
+    assert 0.4 <= statistics.median(slow_gaps) <= 0.6, slow_gaps
+    # "about once per interval", never a burst: no two polls of one trigger closer than half an interval.
+    assert min(slow_gaps) > 0.25, slow_gaps
+
+
+def test_a_slow_poll_never_overlaps_the_next_poll_of_the_same_trigger(
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    project = launch("e2e_app", **_env(redis_url, tmp_path, "slow"))
+    project.worker(concurrency=4)
+    project.beat()
+    wait_until(lambda: redis_client.llen("polls:slow") >= 4, 40, "4 slow polls", project)
+    import json
+
+    spans = sorted(json.loads(x) for x in redis_client.lrange("polls:slow", 0, -1))
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"polls overlap: {spans}"
+
+
+def test_polls_that_cannot_run_in_time_expire_instead_of_piling_up(
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    project = launch(
+        "e2e_app", **_env(redis_url, tmp_path, "every_500ms", E2E_POLL_QUEUE="e2e.polls")
+    )
+    project.worker(concurrency=2, name="dispatcher")  # default queue only: dispatch, no polls
+    project.beat()
+    wait_until(lambda: redis_client.llen("e2e.polls") >= 8, 40, "8 polls waiting in e2e.polls", project)
+    waiting = redis_client.llen("e2e.polls")
+    poller = project.worker("-Q", "e2e.polls", concurrency=2, name="poller")
+    poller.wait_for_log("ready", timeout=30)
+    time.sleep(1.2)
+    executed = len(_times(redis_client, "polls:every_500ms"))
+    assert waiting >= 8
+    # Everything that queued up during the outage expired: at most the fresh polls ran.
+    assert executed <= 4, f"{executed} polls ran right after the outage ({waiting} had queued)"
+    wait_until(lambda: len(_times(redis_client, "polls:every_500ms")) >= executed + 3, 20,
+               "polling to resume", project)
+
+
+def test_errors_wrong_types_and_hangs_are_recorded_and_polling_goes_on(
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    project = launch(
+        "e2e_app",
+        **_env(redis_url, tmp_path, "raises,wrong_type,hangs", E2E_POLL_TIME_LIMIT="1s"),
+    )
+    worker = project.worker(concurrency=4)
+    project.beat()
+    wait_until(lambda: redis_client.llen("polls:raises") >= 4, 40, "4 polls of 'raises'", project)
+    wait_until(lambda: redis_client.llen("polls:wrong_type") >= 4, 40, "4 polls of 'wrong_type'", project)
+    wait_until(lambda: redis_client.llen("polls:hangs") >= 3, 40, "3 polls of 'hangs'", project)
+    store = SqlStore(f"sqlite:///{tmp_path / 'store.db'}")
+    try:
+        raises = store.get_schedule("raises")
+        wrong = store.get_schedule("wrong_type")
+        hangs = wait_until(lambda: (s := store.get_schedule("hangs"))["consecutive_errors"] >= 2 and s,
+                           20, "two timed-out polls of 'hangs'", project)
+    finally:
+        store.close()
+    assert raises["consecutive_errors"] >= 3
+    assert "boom from the raises trigger" in raises["last_error"]
+    assert wrong["consecutive_errors"] >= 3
+    assert "trigger 'wrong_type' returned str" in wrong["last_error"]
+    assert "timed out after 1s" in hangs["last_error"]
+    log = worker.log()
+    assert "raises: poll failed: RuntimeError: boom from the raises trigger" in log
+    assert "wrong_type: poll failed" in log
+    assert "hangs: poll timed out after 1s" in log
+    # One traceback for the first failure of a trigger, then one line per failure.
+    assert log.count("Traceback") <= 3 + log.count("hangs: poll timed out")
