@@ -1,0 +1,27 @@
+"""`make demo` works from nothing: the quickstart project fires its workflow on the embedded default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.e2e
+def test_demo_runs_the_workflow_and_ends_by_itself(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env["CLOACA_DEMO_DIR"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "example_project" / "quickstart" / "run_demo.py")],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "workflow 'file_processor' archived it" in done.stdout
+    assert '"last_fire_at": "20' in done.stdout
+    assert (tmp_path / "outbox" / "report.txt").read_text() == "alpha\nbeta\ngamma\n"
+    assert "worker stopped" in done.stdout
