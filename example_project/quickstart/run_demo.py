@@ -6,6 +6,7 @@ group) whatever happens, within about a minute at worst.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,7 +59,7 @@ def run(worker: subprocess.Popen[bytes], log_path: Path) -> int:
         return 1
     print(f"workflow 'file_processor' archived it to outbox/ {time.time() - dropped:.2f}s after the drop")
     for line in log_path.read_text(errors="replace").splitlines():
-        if "file_watcher:" in line or "succeeded in" in line and "count_lines" in line:
+        if "file_watcher:" in line or ("succeeded in" in line and "count_lines" in line):
             print("  log:", line.split("] ", 1)[-1][:160])
     sys.path[:0] = [str(HERE), str(REPO)]
     from cloaca_celery.sqlstore import SqlStore
@@ -93,10 +94,8 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(worker.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 if __name__ == "__main__":

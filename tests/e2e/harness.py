@@ -8,6 +8,7 @@ trigger selection from ``E2E_*`` environment variables.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -70,10 +71,8 @@ class CeleryProcess:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class CeleryProject:
@@ -116,7 +115,9 @@ class CeleryProject:
         return "\n".join(f"----- {p.name} -----\n{p.log()[-6000:]}" for p in self.processes)
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, project: CeleryProject | None = None) -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout: float, what: str, project: CeleryProject | None = None
+) -> Any:
     """Poll ``check`` until it returns something truthy; fail with the logs otherwise."""
     deadline = time.monotonic() + timeout
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -38,8 +39,8 @@ def test_sub_second_triggers_are_polled_about_once_per_interval(
     wait_until(lambda: len(_times(redis_client, "polls:every_500ms")) >= 12, 40, "12 polls at 500ms", project)
     fast = _times(redis_client, "polls:every_100ms")
     slow = _times(redis_client, "polls:every_500ms")
-    fast_gaps = [b - a for a, b in zip(fast[5:], fast[6:])]
-    slow_gaps = [b - a for a, b in zip(slow[2:], slow[3:])]
+    fast_gaps = [b - a for a, b in itertools.pairwise(fast)]
+    slow_gaps = [b - a for a, b in itertools.pairwise(slow)]
     assert 0.07 <= statistics.median(fast_gaps) <= 0.15, fast_gaps
     assert 0.4 <= statistics.median(slow_gaps) <= 0.6, slow_gaps
     # "about once per interval", never a burst: no two polls of one trigger closer than half an interval.
@@ -56,7 +57,7 @@ def test_a_slow_poll_never_overlaps_the_next_poll_of_the_same_trigger(
     import json
 
     spans = sorted(json.loads(x) for x in redis_client.lrange("polls:slow", 0, -1))
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"polls overlap: {spans}"
 
 
