@@ -22,12 +22,17 @@ JSONValue = Any
 _MISSING = object()
 
 
-def check_json_value(value: Any, where: str) -> JSONValue:
+def check_json_value(value: Any, where: str, _path: frozenset[int] = frozenset()) -> JSONValue:
     """Return ``value`` as plain JSON data (tuples become lists).
 
     Raises :class:`~cloaca_celery.errors.ContextError` (a ``TypeError``)
-    naming ``where`` when something inside cannot be represented in JSON.
+    naming ``where`` when something inside cannot be represented in JSON,
+    including a list or dict that contains itself.
     """
+    if isinstance(value, (Mapping, list, tuple)):
+        if id(value) in _path:
+            raise ContextError(f"{where}: the value contains itself; JSON cannot hold a cycle")
+        _path = _path | {id(value)}
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, int):
@@ -46,10 +51,10 @@ def check_json_value(value: Any, where: str) -> JSONValue:
                     f"{where}: dictionary key {key!r} is a {type(key).__name__}; "
                     "JSON object keys must be strings"
                 )
-            out[key] = check_json_value(item, f"{where}[{key!r}]")
+            out[key] = check_json_value(item, f"{where}[{key!r}]", _path)
         return out
     if isinstance(value, (list, tuple)):
-        return [check_json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [check_json_value(item, f"{where}[{i}]", _path) for i, item in enumerate(value)]
     raise ContextError(
         f"{where}: a value of type {type(value).__name__} cannot be stored as JSON; "
         "convert it to a str, number, bool, None, list or dict first"

@@ -241,17 +241,17 @@ def install(app: Celery, **options: Any) -> Installation:
 
 
 def _register_tasks(app: Celery, installation: Installation) -> None:
-    @app.task(name=POLL_TASK, ignore_result=True, acks_late=False, serializer="json")
+    @app.task(name=POLL_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def poll(trigger_name: str) -> dict[str, Any]:
         """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this)."""
         return installation.poller().poll(trigger_name).as_dict()
 
-    @app.task(name=DISPATCH_TASK, ignore_result=True, acks_late=False, serializer="json")
+    @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:
         """Publish a ``cloaca.poll`` for every due trigger."""
         return dispatch_due(app, installation.settings, installation.store)
 
-    @app.task(name=COMPLETE_TASK, ignore_result=False, serializer="json")
+    @app.task(name=COMPLETE_TASK, shared=False, ignore_result=False, serializer="json")
     def complete(result: Any = None, *, execution: dict[str, Any]) -> Any:
         """The last step of every fired workflow: records its success."""
         logger.info(
@@ -260,7 +260,7 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
         )
         return result
 
-    @app.task(name=FAILED_TASK, ignore_result=True, serializer="json")
+    @app.task(name=FAILED_TASK, shared=False, ignore_result=True, serializer="json")
     def failed(failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
         """Linked as the error callback of every step: records the failure."""
         logger.warning(

@@ -104,7 +104,7 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
 
     dispatch_interval = raw["dispatch_interval"]
     if dispatch_interval is not None:
-        dispatch_interval = parse_duration(dispatch_interval, "setting cloaca_dispatch_interval")
+        dispatch_interval = _duration(dispatch_interval, "dispatch_interval")
 
     batch = raw["dispatch_batch_size"]
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -126,11 +126,18 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         embedded=embedded,
         dispatch_interval=dispatch_interval,
         dispatch_batch_size=batch,
-        poll_time_limit=parse_duration(raw["poll_time_limit"], "setting cloaca_poll_time_limit"),
+        poll_time_limit=_duration(raw["poll_time_limit"], "poll_time_limit"),
         poll_queue=raw["poll_queue"],
         dispatch_queue=raw["dispatch_queue"],
         max_context_bytes=max_bytes,
     )
+
+
+def _duration(value: Any, name: str) -> float:
+    try:
+        return parse_duration(value, f"setting cloaca_{name}")
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
 
 
 def _broker_configured(conf: Any) -> bool:

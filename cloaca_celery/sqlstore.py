@@ -96,13 +96,44 @@ schedules = Table(
     Column("state_version", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("dedup_count", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
+)
+
+executions = Table(
+    "cloaca_executions",
+    metadata,
+    Column("execution_id", String(36), primary_key=True),
+    Column("trigger_name", String(200), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("context_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("task_ids", JSON, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("running_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_cloaca_executions_trigger", "trigger_name", "started_at"),
+    Index("ix_cloaca_executions_status", "status", "started_at"),
+    Index("ix_cloaca_executions_started", "started_at"),
+)
+
+claims = Table(
+    "cloaca_claims",
+    metadata,
+    Column("trigger_name", String(200), primary_key=True),
+    Column("context_hash", String(64), primary_key=True),
+    Column("execution_id", String(36), nullable=False),
+    Column("claimed_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_cloaca_claims_execution", "execution_id"),
 )
 
 SCHEDULE_FIELDS = (
     "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
     "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
-    "last_error_at", "state", "created_at", "updated_at",
+    "last_error_at", "state", "created_at", "updated_at", "dedup_count",
 )
 
 
@@ -202,9 +233,12 @@ class SqlStore:
         return self.engine.dialect.name
 
     def ensure_schema(self) -> None:
+        """Create or upgrade the tables (Alembic migrations shipped in the package)."""
         with self._schema_lock:
             if not self._schema_ready:
-                metadata.create_all(self.engine, checkfirst=True)
+                from .migrations import upgrade
+
+                upgrade(self.engine)
                 self._schema_ready = True
 
     def dispose(self) -> None:

@@ -103,12 +103,6 @@ def test_bad_durations_raise_value_error_naming_the_setting(name: str, value: ob
         resolve_settings(make_app().conf, {name: value})
 
 
-@pytest.mark.xfail(
-    reason="BUG: settings.py passes poll_time_limit/dispatch_interval to parse_duration, which "
-    "raises a plain ValueError, not ConfigurationError (so Installation.start's "
-    "`except ConfigurationError` misses it)",
-    strict=True,
-)
 @pytest.mark.parametrize(
     ("name", "value"),
     [("poll_time_limit", "nope"), ("poll_time_limit", -1), ("dispatch_interval", "soon")],

@@ -15,8 +15,12 @@ T0 = 1_700_000_000.0
 LEASE = 60.0
 
 
-def spec(name: str, interval: float = 5.0, workflow: str = "wf", allow_concurrent: bool = False) -> TriggerSpec:
-    return TriggerSpec(name=name, workflow=workflow, poll_interval=interval, allow_concurrent=allow_concurrent)
+def spec(
+    name: str, interval: float = 5.0, workflow: str = "wf", allow_concurrent: bool = False
+) -> TriggerSpec:
+    return TriggerSpec(
+        name=name, workflow=workflow, poll_interval=interval, allow_concurrent=allow_concurrent
+    )
 
 
 @pytest.fixture
