@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import weakref
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,16 @@ from .dispatch import DISPATCH_TASK, POLL_TASK, DispatchSchedule, auto_dispatch_
 from .errors import ConfigurationError
 from .logs import quiet_plumbing_logs
 from .polling import COMPLETE_TASK, FAILED_TASK, Poller, spec_of
+from .registry import sweep
 from .settings import Settings, check_option_names, resolve_settings
 from .sqlstore import SqlStore
 from .store import Store
 from .triggers import triggers
-from .workflows import workflows
+from .workflows import merge_contexts, workflows
 
 logger = logging.getLogger("cloaca_celery.installation")
+
+SWEEP_TASK = "cloaca.sweep"
 
 _installed: weakref.WeakKeyDictionary[Celery, Installation] = weakref.WeakKeyDictionary()
 
@@ -87,14 +91,17 @@ class Installation:
         if settings.embedded:
             apply_embedded_defaults(conf, settings.home)
         tick = DispatchSchedule(self.dispatch_interval, app=self.app)
+        queue = {"queue": settings.dispatch_queue} if settings.dispatch_queue else {}
         beat_schedule = dict(conf.beat_schedule or {})
         beat_schedule[DISPATCH_TASK] = {
             "task": DISPATCH_TASK,
             "schedule": tick,
-            "options": {
-                "expires": 2.0,
-                **({"queue": settings.dispatch_queue} if settings.dispatch_queue else {}),
-            },
+            "options": {"expires": 2.0, **queue},
+        }
+        beat_schedule[SWEEP_TASK] = {
+            "task": SWEEP_TASK,
+            "schedule": settings.sweep_interval,
+            "options": {"expires": settings.sweep_interval, **queue},
         }
         conf.beat_schedule = beat_schedule
 
@@ -234,6 +241,26 @@ def install(app: Celery, **options: Any) -> Installation:
     def on_process_init(**_: Any) -> None:
         installation.after_fork()
 
+    def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+        execution_id = _execution_of(args)
+        if execution_id is None or getattr(task, "app", None) is not app:
+            return
+        try:
+            installation.store.mark_running(execution_id, datetime.now(timezone.utc))
+        except Exception as exc:  # noqa: BLE001 - the step runs whether or not history is written
+            logger.warning("execution %s: could not mark it running: %s", execution_id, exc)
+
+    def on_task_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
+        execution_id = _execution_of(getattr(request, "args", None))
+        if execution_id is None or getattr(sender, "app", app) is not app:
+            return
+        installation.store.finish_execution(
+            execution_id, "revoked", f"task {getattr(request, 'id', '?')} was revoked",
+            datetime.now(timezone.utc),
+        )
+
+    signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_revoked.connect(on_task_revoked, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
     signals.beat_init.connect(on_beat_init, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
@@ -251,20 +278,59 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
         """Publish a ``cloaca.poll`` for every due trigger."""
         return dispatch_due(app, installation.settings, installation.store)
 
-    @app.task(name=COMPLETE_TASK, shared=False, ignore_result=False, serializer="json")
+    @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
+    def sweep_task() -> int:
+        """End executions whose end was never reported (see :mod:`cloaca_celery.registry`)."""
+        return sweep(app, installation.settings, installation.store)
+
+    @app.task(
+        name=COMPLETE_TASK, shared=False, ignore_result=False, serializer="json",
+        autoretry_for=(Exception,), max_retries=5, default_retry_delay=2,
+    )
     def complete(result: Any = None, *, execution: dict[str, Any]) -> Any:
-        """The last step of every fired workflow: records its success."""
+        """The last step of every fired workflow: records its success and releases the claim."""
+        installation.store.finish_execution(
+            execution["execution_id"], "succeeded", None, datetime.now(timezone.utc)
+        )
         logger.info(
             "%s: workflow %r execution %s succeeded",
             execution.get("trigger_name"), execution.get("workflow"), execution.get("execution_id"),
         )
+        if isinstance(result, list):
+            return merge_contexts(result, f"workflow {execution.get('workflow')!r}")
         return result
 
-    @app.task(name=FAILED_TASK, shared=False, ignore_result=True, serializer="json")
+    @app.task(
+        name=FAILED_TASK, shared=False, ignore_result=True, serializer="json",
+        autoretry_for=(Exception,), max_retries=5, default_retry_delay=2,
+    )
     def failed(failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
-        """Linked as the error callback of every step: records the failure."""
-        logger.warning(
-            "%s: workflow %r execution %s failed in task %s",
-            execution.get("trigger_name"), execution.get("workflow"),
-            execution.get("execution_id"), failed_task_id,
-        )
+        """Linked as the error callback of every step: records the failure and releases the claim."""
+        error = f"task {failed_task_id} failed"
+        if failed_task_id:
+            try:
+                outcome = app.AsyncResult(failed_task_id).result
+            except Exception:  # noqa: BLE001 - the failure is recorded even if its text is not
+                outcome = None
+            if outcome is not None:
+                error = f"task {failed_task_id} failed: {type(outcome).__name__}: {outcome}"
+        if installation.store.finish_execution(
+            execution["execution_id"], "failed", error, datetime.now(timezone.utc)
+        ):
+            logger.warning(
+                "%s: workflow %r execution %s failed: %s",
+                execution.get("trigger_name"), execution.get("workflow"),
+                execution.get("execution_id"), error,
+            )
+
+
+def _execution_of(args: Any) -> str | None:
+    """The execution id carried by a step's first argument (its context), if any."""
+    if not args:
+        return None
+    first = args[0]
+    if isinstance(first, dict):
+        value = first.get("execution_id")
+        if isinstance(value, str) and "trigger_name" in first:
+            return value
+    return None

@@ -17,14 +17,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
-from celery.canvas import Signature, chain
+from celery.canvas import Signature, _chain, chain, chord, group
 from celery.exceptions import SoftTimeLimitExceeded
 
 from .context import canonical_json, check_json_value, context_hash
 from .errors import ContextError
 from .results import TriggerResult
 from .settings import Settings
-from .store import PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
+from .store import NewExecution, PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
 from .triggers import TriggerDefinition, triggers
 from .workflows import workflows
 
@@ -103,16 +103,49 @@ def fire_context(
     return workflow_context, context_hash(user)
 
 
+def assign_task_ids(canvas: Signature, prefix: str, ids: list[str]) -> None:
+    """Give every task of ``canvas`` a known id (``<prefix>-<n>``), collected in ``ids``.
+
+    The sweep asks the result backend about these ids when a workflow's end
+    is never reported.
+    """
+    if isinstance(canvas, (_chain, group)):
+        for task in canvas.tasks:
+            assign_task_ids(task, prefix, ids)
+        return
+    if isinstance(canvas, chord):
+        for task in canvas.tasks:
+            assign_task_ids(task, prefix, ids)
+        assign_task_ids(canvas.body, prefix, ids)
+        return
+    task_id = canvas.options.get("task_id") or f"{prefix}-{len(ids) + 1}"
+    canvas.set(task_id=task_id)
+    ids.append(task_id)
+
+
 def build_workflow_canvas(
     app: Celery, definition: TriggerDefinition, context: dict[str, Any], execution: dict[str, Any]
-) -> Signature:
-    """The workflow's canvas followed by the completion step, failures linked to ``cloaca.failed``."""
+) -> tuple[Signature, list[str]]:
+    """The workflow's canvas followed by ``cloaca.complete``, failures linked to ``cloaca.failed``.
+
+    Returns the canvas and the ids of all its tasks; the completion task's id
+    is the execution id, so its result-backend state says whether the
+    workflow ended well.
+    """
     workflow = workflows.get(definition.workflow)
     canvas = workflow.build_canvas(app, context)
-    complete = app.signature(COMPLETE_TASK, kwargs={"execution": execution})
+    if not isinstance(canvas, Signature):
+        raise TypeError(
+            f"workflow {definition.workflow!r} built {type(canvas).__name__}, not a Celery signature"
+        )
+    execution_id = execution["execution_id"]
+    ids: list[str] = []
+    assign_task_ids(canvas, execution_id, ids)
+    complete = app.signature(COMPLETE_TASK, kwargs={"execution": execution}).set(task_id=execution_id)
+    ids.append(execution_id)
     full: Signature = chain(canvas, complete)
-    full.link_error(app.signature(FAILED_TASK, kwargs={"execution": execution}, immutable=False))
-    return full
+    full.link_error(app.signature(FAILED_TASK, kwargs={"execution": execution}))
+    return full, ids
 
 
 class Poller:
@@ -143,6 +176,7 @@ class Poller:
         report: PollReport
         error: str | None = None
         fired_at: datetime | None = None
+        deduplicated = False
         try:
             result = evaluate(definition, state)
         except SoftTimeLimitExceeded:
@@ -165,6 +199,10 @@ class Poller:
                     report = PollReport(name, "error", error)
                     fired_at = None
                     self._log_error(definition, lease, error, exc)
+                else:
+                    if report.status == "deduplicated":
+                        fired_at = None
+                        deduplicated = True
         new_state: dict[str, Any] | None = None
         if state is not None and state != lease.state:
             try:
@@ -175,7 +213,9 @@ class Poller:
                 if report.status != "fired":
                     report = PollReport(name, "error", str(exc))
         saved = self.store.finish_poll(
-            lease, PollOutcome(error=error, fired_at=fired_at, state=new_state), time.time()
+            lease,
+            PollOutcome(error=error, fired_at=fired_at, state=new_state, deduplicated=deduplicated),
+            time.time(),
         )
         if not saved:
             logger.warning(
@@ -185,6 +225,12 @@ class Poller:
         return report
 
     def _fire(self, definition: TriggerDefinition, result: TriggerResult, fired_at: datetime) -> PollReport:
+        """Claim (non-concurrent triggers), write the execution row, publish the canvas.
+
+        Everything that can fail before publishing (unknown workflow, bad
+        context, a factory error) fails before any write. A failed publish
+        ends the row as ``failed`` and releases the claim.
+        """
         execution_id = str(uuid.uuid4())
         context, digest = fire_context(
             definition, result, execution_id, fired_at, self.settings.max_context_bytes
@@ -193,8 +239,30 @@ class Poller:
             "execution_id": execution_id, "trigger_name": definition.name,
             "workflow": definition.workflow, "context_hash": digest,
         }
-        canvas = build_workflow_canvas(self.app, definition, context, execution)
-        canvas.apply_async()
+        canvas, task_ids = build_workflow_canvas(self.app, definition, context, execution)
+        user_context = result.context.to_dict() if result.context is not None else {}
+        now = time.time()
+        claim_until = None if definition.allow_concurrent else now + self.settings.claim_ttl
+        recorded = self.store.record_fire(
+            NewExecution(
+                execution_id=execution_id, trigger_name=definition.name,
+                workflow=definition.workflow, context=user_context, context_hash=digest,
+                task_ids=task_ids, started_at=fired_at,
+            ),
+            claim_until, now,
+        )
+        if not recorded:
+            logger.debug("%s: deduplicated: an execution with context %s is still active",
+                        definition.name, digest[:12])
+            return PollReport(definition.name, "deduplicated", definition.workflow, None, digest)
+        try:
+            canvas.apply_async()
+        except Exception as exc:
+            self.store.finish_execution(
+                execution_id, "failed", f"publish failed: {type(exc).__name__}: {exc}",
+                datetime.now(timezone.utc),
+            )
+            raise
         logger.info(
             "%s: fired workflow %r (execution %s, context %s)",
             definition.name, definition.workflow, execution_id, digest[:12],

@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "poll_queue": None,
     "dispatch_queue": None,
     "max_context_bytes": 1024 * 1024,
+    "claim_grace": "10m",
+    "claim_ttl": "6h",
+    "sweep_interval": "5s",
 }
 """Every ``cloaca_`` setting and its default."""
 
@@ -45,6 +48,9 @@ class Settings:
     poll_queue: str | None
     dispatch_queue: str | None
     max_context_bytes: int
+    claim_grace: float
+    claim_ttl: float
+    sweep_interval: float
 
     @property
     def poll_hard_time_limit(self) -> float:
@@ -130,6 +136,9 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         poll_queue=raw["poll_queue"],
         dispatch_queue=raw["dispatch_queue"],
         max_context_bytes=max_bytes,
+        claim_grace=_duration(raw["claim_grace"], "claim_grace"),
+        claim_ttl=_duration(raw["claim_ttl"], "claim_ttl"),
+        sweep_interval=_duration(raw["sweep_interval"], "sweep_interval"),
     )
 
 

@@ -35,6 +35,7 @@ from sqlalchemy import (
     and_,
     case,
     create_engine,
+    delete,
     event,
     insert,
     or_,
@@ -46,7 +47,17 @@ from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from .errors import ConfigurationError, UnknownTriggerError
-from .store import DuePoll, PollLease, PollOutcome, PollRefusal, TriggerSpec
+from .store import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    STATUSES,
+    DuePoll,
+    NewExecution,
+    PollLease,
+    PollOutcome,
+    PollRefusal,
+    TriggerSpec,
+)
 
 logger = logging.getLogger("cloaca_celery.sqlstore")
 
@@ -250,7 +261,7 @@ class SqlStore:
 
     # -- schedules ---------------------------------------------------------
 
-    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float) -> None:
+    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float, prune: bool = True) -> None:
         wanted = {spec.name: spec for spec in specs}
         now_dt = _utc(now)
         t = schedules
@@ -276,7 +287,7 @@ class SqlStore:
                             next_poll_at=now, updated_at=now_dt,
                         )
                     )
-            gone = [name for name, row in rows.items() if name not in wanted and row.registered]
+            gone = [name for name, row in rows.items() if prune and name not in wanted and row.registered]
             if gone:
                 conn.execute(
                     update(t).where(t.c.trigger_name.in_(gone)).values(registered=False, updated_at=now_dt)
@@ -378,6 +389,8 @@ class SqlStore:
             values["last_fire_at"] = outcome.fired_at
         if outcome.state is not None:
             values.update(state=outcome.state, state_version=t.c.state_version + 1)
+        if outcome.deduplicated:
+            values["dedup_count"] = t.c.dedup_count + 1
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(t)
@@ -420,6 +433,125 @@ class SqlStore:
             )
 
 
+    # -- executions and claims ------------------------------------------------
+
+    def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
+        c, e = claims, executions
+        with self.engine.begin() as conn:
+            if claim_until is not None:
+                key = and_(c.c.trigger_name == execution.trigger_name,
+                           c.c.context_hash == execution.context_hash)
+                holder = conn.execute(select(c.c.execution_id, c.c.expires_at).where(key)).first()
+                if holder is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(insert(c).values(
+                                trigger_name=execution.trigger_name,
+                                context_hash=execution.context_hash,
+                                execution_id=execution.execution_id,
+                                claimed_at=now, expires_at=claim_until,
+                            ))
+                    except IntegrityError:
+                        return False
+                else:
+                    ended = select(e.c.execution_id).where(
+                        e.c.execution_id == holder.execution_id, e.c.status.in_(ACTIVE_STATUSES)
+                    )
+                    taken = conn.execute(
+                        update(c)
+                        .where(key, c.c.execution_id == holder.execution_id)
+                        .where(or_(c.c.expires_at < now, ~ended.exists()))
+                        .values(execution_id=execution.execution_id, claimed_at=now, expires_at=claim_until)
+                    ).rowcount
+                    if not taken:
+                        return False
+            conn.execute(insert(e).values(
+                execution_id=execution.execution_id,
+                trigger_name=execution.trigger_name,
+                workflow=execution.workflow,
+                context=execution.context,
+                context_hash=execution.context_hash,
+                status="queued",
+                task_ids=list(execution.task_ids),
+                started_at=execution.started_at,
+            ))
+        return True
+
+    def mark_running(self, execution_id: str, at: datetime) -> bool:
+        e = executions
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(e).where(e.c.execution_id == execution_id, e.c.status == "queued")
+                .values(status="running", running_at=at)
+            ).rowcount
+        return bool(done)
+
+    def finish_execution(self, execution_id: str, status: str, error: str | None, at: datetime) -> bool:
+        if status not in FINAL_STATUSES:
+            raise ValueError(
+                f"finish_execution: {status!r} is not a final status ({', '.join(FINAL_STATUSES)})"
+            )
+        e = executions
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(e)
+                .where(e.c.execution_id == execution_id, e.c.status.in_(ACTIVE_STATUSES))
+                .values(status=status, completed_at=at, error=None if error is None else error[:8000])
+            ).rowcount
+            conn.execute(delete(claims).where(claims.c.execution_id == execution_id))
+        return bool(done)
+
+    def active_executions(self, started_before: datetime, limit: int) -> list[dict[str, Any]]:
+        e = executions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(e).where(e.c.status.in_(ACTIVE_STATUSES), e.c.started_at < started_before)
+                .order_by(e.c.started_at).limit(limit)
+            ).all()
+        return [_execution_dict(row._mapping) for row in rows]
+
+    def get_execution(self, execution_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(executions).where(executions.c.execution_id == execution_id)).first()
+        if row is None:
+            raise KeyError(f"unknown execution {execution_id!r}")
+        return _execution_dict(row._mapping)
+
+    def execution_history(
+        self, trigger_name: str, limit: int | None = None, offset: int | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        e = executions
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        _check_page(limit, offset)
+        query = select(e).where(e.c.trigger_name == trigger_name)
+        if status is not None:
+            query = query.where(e.c.status == status)
+        query = query.order_by(e.c.started_at.desc(), e.c.execution_id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        if offset:
+            query = query.offset(offset)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_execution_dict(row._mapping) for row in rows]
+
+    def prune_executions(self, completed_before: datetime, batch_size: int = 1000) -> int:
+        e = executions
+        total = 0
+        while True:
+            with self.engine.begin() as conn:
+                ids = [r.execution_id for r in conn.execute(
+                    select(e.c.execution_id)
+                    .where(e.c.status.in_(FINAL_STATUSES), e.c.completed_at < completed_before)
+                    .limit(batch_size)
+                )]
+                if not ids:
+                    return total
+                total += conn.execute(delete(e).where(e.c.execution_id.in_(ids))).rowcount
+
+
 def _schedule_dict(row: Any) -> dict[str, Any]:
     data = {name: row[name] for name in SCHEDULE_FIELDS}
     data["poll_interval"] = float(data["poll_interval"])
@@ -429,4 +561,23 @@ def _schedule_dict(row: Any) -> dict[str, Any]:
     data["state"] = dict(data["state"] or {})
     next_poll = row["next_poll_at"]
     data["next_poll_at"] = _utc(float(next_poll)) if next_poll is not None else None
+    return data
+
+
+def _check_page(limit: int | None, offset: int | None) -> None:
+    for name, value in (("limit", limit), ("offset", offset)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+
+
+EXECUTION_FIELDS = (
+    "execution_id", "trigger_name", "workflow", "context", "context_hash", "status",
+    "task_ids", "started_at", "running_at", "completed_at", "error",
+)
+
+
+def _execution_dict(row: Any) -> dict[str, Any]:
+    data = {name: row[name] for name in EXECUTION_FIELDS}
+    data["context"] = dict(data["context"] or {})
+    data["task_ids"] = list(data["task_ids"] or [])
     return data

@@ -60,6 +60,25 @@ class PollOutcome:
     error: str | None = None
     fired_at: datetime | None = None
     state: dict[str, Any] | None = None
+    deduplicated: bool = False
+
+
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("succeeded", "failed", "revoked", "lost")
+STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    """The row a fire writes: one per fire, before the workflow is published."""
+
+    execution_id: str
+    trigger_name: str
+    workflow: str
+    context: dict[str, Any]
+    context_hash: str
+    task_ids: list[str]
+    started_at: datetime
 
 
 @runtime_checkable
@@ -70,11 +89,12 @@ class Store(Protocol):
         """Create or upgrade the tables."""
         ...
 
-    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float) -> None:
+    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float, prune: bool = True) -> None:
         """Create missing schedule rows and refresh changed ones.
 
-        An operator's ``enabled`` choice is kept; rows of triggers absent
-        from ``specs`` are marked unregistered and no longer dispatched.
+        An operator's ``enabled`` choice is kept. With ``prune``, rows of
+        triggers absent from ``specs`` are marked unregistered and no longer
+        dispatched (worker and beat start-up do this; the runner does not).
         """
         ...
 
@@ -96,6 +116,45 @@ class Store(Protocol):
         ...
 
     def list_schedules(self) -> list[dict[str, Any]]:
+        ...
+
+    def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
+        """Write the execution row (status ``queued``), claiming (trigger, hash) first.
+
+        With ``claim_until`` (a non-concurrent trigger) the claim is taken
+        atomically: if another live execution holds it, nothing is written
+        and ``False`` is returned. A claim past its expiry, or whose execution
+        has ended, is taken over. Claim and row are written in one transaction.
+        """
+        ...
+
+    def mark_running(self, execution_id: str, at: datetime) -> bool:
+        """``queued`` becomes ``running`` (the first step started)."""
+        ...
+
+    def finish_execution(self, execution_id: str, status: str, error: str | None, at: datetime) -> bool:
+        """Set a final status if the execution is still active, and release its claim.
+
+        Idempotent: ``False`` when it had already ended (or does not exist).
+        """
+        ...
+
+    def active_executions(self, started_before: datetime, limit: int) -> list[dict[str, Any]]:
+        """Queued or running executions that started before ``started_before``, oldest first."""
+        ...
+
+    def get_execution(self, execution_id: str) -> dict[str, Any]:
+        ...
+
+    def execution_history(
+        self, trigger_name: str, limit: int | None = None, offset: int | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """A trigger's executions, newest first."""
+        ...
+
+    def prune_executions(self, completed_before: datetime, batch_size: int = 1000) -> int:
+        """Delete ended executions completed before the given time, in batches; return the count."""
         ...
 
     def get_schedule(self, name: str) -> dict[str, Any]:

@@ -131,6 +131,8 @@ def task(
     dict, or ``None`` (context unchanged). It becomes a real Celery task
     (a ``shared_task``, so every app has it); ``celery_options`` are passed
     to Celery (``name``, ``queue``, ``max_retries``, ``rate_limit``...).
+    ``track_started`` defaults to True so the claim registry can tell a
+    running step from a lost one.
     ``dependencies`` are task ids or other ``@task`` steps.
     """
     if callable(id) and not isinstance(id, str):
@@ -170,7 +172,8 @@ def task(
         run.__qualname__ = getattr(fn, "__qualname__", task_id)
         run.__module__ = getattr(fn, "__module__", __name__)
         run.__doc__ = fn.__doc__
-        celery_task = shared_task(name=celery_name, **celery_options)(run)
+        options = {"track_started": True, **celery_options}
+        celery_task = shared_task(name=celery_name, **options)(run)
         spec = TaskSpec(task_id, celery_name, tuple(dep_ids), fn)
         tasks.add(spec, celery_task, fn)
         return celery_task

@@ -1,0 +1,160 @@
+"""The claim registry's sweep: find executions whose end was never reported.
+
+A workflow normally reports its own end: ``cloaca.complete`` on success,
+``cloaca.failed`` (linked as error callback) on failure, the worker's
+``task_revoked`` signal on revoke; each finishes the execution and releases
+its claim in one transaction. If that report never comes (the worker was
+SIGKILLed, the broker lost a message) the sweep asks the result backend about
+every task of the execution:
+
+* a FAILURE or REVOKED task, or a SUCCESS of the final task, ends it;
+* a task STARTED on a worker that no longer answers a ping ends it as ``lost``;
+* nothing started or finished for ``claim_grace`` (unknown past the grace
+  period) ends it as ``lost``;
+* without a result backend only ``claim_ttl`` bounds it.
+
+So no claim is permanent, and a claim is freed only once its workflow can
+no longer be running.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.base import DisabledBackend
+
+from .settings import Settings
+from .store import Store
+
+logger = logging.getLogger("cloaca_celery.registry")
+
+SWEEP_BATCH = 200
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How an execution ended, as far as the result backend can tell."""
+
+    status: str
+    error: str | None
+
+
+def _date_done(meta: dict[str, Any]) -> datetime | None:
+    value = meta.get("date_done")
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return None
+
+
+def assess(
+    execution: dict[str, Any], metas: dict[str, dict[str, Any]], alive_hosts: set[str] | None,
+    now: datetime, grace: float,
+) -> Verdict | None:
+    """Decide an execution's end from its tasks' result-backend states; ``None`` if it may still run.
+
+    ``alive_hosts`` is the set of worker hostnames that answered a ping, or
+    ``None`` when pinging is not possible (then a STARTED task counts as alive).
+    """
+    task_ids: list[str] = execution["task_ids"]
+    final_id = execution["execution_id"]
+    for tid in task_ids:
+        meta = metas.get(tid, {})
+        status = meta.get("status")
+        if status == states.FAILURE and tid != final_id:
+            return Verdict("failed", f"task {tid} failed: {meta.get('result')!r}")
+        if status == states.REVOKED:
+            return Verdict("revoked", f"task {tid} was revoked")
+    final = metas.get(final_id, {})
+    if final.get("status") == states.SUCCESS:
+        return Verdict("succeeded", None)
+    if final.get("status") == states.FAILURE:
+        return Verdict("failed", f"recording the end failed: {final.get('result')!r}")
+    running = [m for m in metas.values() if m.get("status") in (states.STARTED, states.RETRY)]
+    if running:
+        if alive_hosts is None:
+            return None
+        hosts = {str((m.get("result") or {}).get("hostname", "")) for m in running
+                 if isinstance(m.get("result"), dict)}
+        if hosts & alive_hosts or not hosts:
+            return None
+        return Verdict("lost", f"worker {', '.join(sorted(hosts))} stopped answering while running a step")
+    last_activity: datetime = execution["started_at"]
+    for meta in metas.values():
+        done = _date_done(meta)
+        if done is not None and done > last_activity:
+            last_activity = done
+    idle = (now - last_activity).total_seconds()
+    if idle > grace:
+        return Verdict("lost", f"no step started or finished for {idle:.0f}s (setting cloaca_claim_grace)")
+    return None
+
+
+def _ping(app: Celery, hosts: set[str]) -> set[str] | None:
+    if not hosts:
+        return set()
+    if app.conf.get("worker_enable_remote_control") is False:
+        return None
+    try:
+        replies = app.control.ping(destination=sorted(hosts), timeout=1.0)
+    except Exception as exc:  # noqa: BLE001 - a broker without broadcast cannot ping
+        logger.debug("sweep: ping not possible (%s); relying on cloaca_claim_ttl", exc)
+        return None
+    alive: set[str] = set()
+    for reply in replies or []:
+        alive.update(reply)
+    return alive
+
+
+def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = None) -> int:
+    """End the executions whose report never came; return how many were ended."""
+    now = now or datetime.now(timezone.utc)
+    candidates = store.active_executions(now - timedelta(seconds=settings.claim_grace), SWEEP_BATCH)
+    if not candidates:
+        return 0
+    ended = 0
+    backend = app.backend
+    no_backend = isinstance(backend, DisabledBackend)
+    metas: dict[str, dict[str, dict[str, Any]]] = {}
+    started_hosts: set[str] = set()
+    for execution in candidates:
+        if no_backend:
+            continue
+        try:
+            per_task = {tid: backend.get_task_meta(tid) for tid in execution["task_ids"]}
+        except Exception as exc:  # noqa: BLE001 - an unreachable backend is asked again next sweep
+            logger.warning("sweep: result backend unreachable (%s); trying again next sweep", exc)
+            return ended
+        metas[execution["execution_id"]] = per_task
+        for meta in per_task.values():
+            if meta.get("status") in (states.STARTED, states.RETRY) and isinstance(meta.get("result"), dict):
+                started_hosts.add(str(meta["result"].get("hostname", "")))
+    alive = _ping(app, started_hosts) if started_hosts else set()
+    for execution in candidates:
+        age = (now - execution["started_at"]).total_seconds()
+        verdict: Verdict | None
+        if no_backend:
+            verdict = None
+        else:
+            verdict = assess(execution, metas[execution["execution_id"]], alive, now, settings.claim_grace)
+        if verdict is None and age > settings.claim_ttl:
+            verdict = Verdict("lost", f"still unfinished after {age:.0f}s (setting cloaca_claim_ttl)")
+        if verdict is None:
+            continue
+        if store.finish_execution(execution["execution_id"], verdict.status, verdict.error, now):
+            ended += 1
+            logger.warning(
+                "%s: execution %s of workflow %r marked %s by the sweep: %s",
+                execution["trigger_name"], execution["execution_id"], execution["workflow"],
+                verdict.status, verdict.error or "its final task succeeded",
+            )
+    return ended
