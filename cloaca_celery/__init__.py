@@ -16,6 +16,7 @@ from .errors import (
 )
 from .installation import install
 from .results import TriggerResult
+from .runner import DefaultRunner
 from .triggers import trigger
 from .workflows import Workflow, WorkflowBuilder, register_workflow, task
 
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "ContextError",
+    "DefaultRunner",
     "TriggerResult",
     "UnknownTriggerError",
     "UnknownWorkflowError",

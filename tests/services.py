@@ -40,3 +40,22 @@ def need_service(name: str, host: str, port: int) -> None:
 
 def need_redis() -> None:
     need_service("Redis", REDIS_HOST, REDIS_PORT)
+
+POSTGRES_HOST = os.environ.get("CLOACA_TEST_POSTGRES_HOST", "127.0.0.1")
+POSTGRES_PORT = int(os.environ.get("CLOACA_TEST_POSTGRES_PORT", "5432"))
+POSTGRES_URL = os.environ.get(
+    "CLOACA_TEST_POSTGRES_URL", f"postgresql+psycopg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/test"
+)
+MARIADB_HOST = os.environ.get("CLOACA_TEST_MARIADB_HOST", "127.0.0.1")
+MARIADB_PORT = int(os.environ.get("CLOACA_TEST_MARIADB_PORT", "3306"))
+MARIADB_URL = os.environ.get(
+    "CLOACA_TEST_MARIADB_URL", f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/test"
+)
+
+
+def need_postgres() -> None:
+    need_service("PostgreSQL", POSTGRES_HOST, POSTGRES_PORT)
+
+
+def need_mariadb() -> None:
+    need_service("MariaDB", MARIADB_HOST, MARIADB_PORT)
