@@ -69,3 +69,11 @@ def test_trigger_page_keeps_the_seed_examples() -> None:
     ):
         assert snippet in page
     assert "import cloaca_celery as cloaca" in page
+
+
+def test_configuration_page_lists_every_setting() -> None:
+    from cloaca_celery.settings import DEFAULTS
+
+    page = (REPO / "docs" / "configuration.md").read_text()
+    missing = [name for name in DEFAULTS if f"`cloaca_{name}`" not in page]
+    assert not missing, f"docs/configuration.md does not document {missing}"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,21 +12,41 @@ import pytest
 from tests.e2e.harness import CeleryProject
 from tests.services import REDIS_HOST, REDIS_PORT, need_redis
 
-_databases = itertools.cycle(range(1, 16))
+LOCK_TTL = 900
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """A Redis database of its own (1-15, flushed before and after the test)."""
+    """A Redis database of its own (1-15, flushed before and after the test).
+
+    The database is reserved with a lock key in database 0, so two test runs
+    on one machine never share one.
+    """
     need_redis()
     import redis
 
-    db = next(_databases)
+    admin = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=0)
+    owner = f"{os.getpid()}"
+    db = None
+    for _ in range(600):
+        for candidate in range(1, 16):
+            if admin.set(f"cloaca-tests:db:{candidate}", owner, nx=True, ex=LOCK_TTL):
+                db = candidate
+                break
+        if db is not None:
+            break
+        time.sleep(0.5)
+    if db is None:
+        pytest.fail("no free Redis database (1-15) for this test: other test runs hold them all")
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
     client.flushdb()
-    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    client.flushdb()
-    client.close()
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+    finally:
+        client.flushdb()
+        client.close()
+        admin.delete(f"cloaca-tests:db:{db}")
+        admin.close()
 
 
 @pytest.fixture
