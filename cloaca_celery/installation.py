@@ -149,7 +149,9 @@ class Installation:
                 logger.critical("cloaca: %s", problem)
             raise SystemExit(f"cloaca: {role} not started: " + "; ".join(problems))
         store = self.store
-        store.sync_triggers([spec_of(d) for d in triggers], time.time())
+        # Workers run the polls, so their trigger list is the one that counts:
+        # only a worker marks vanished triggers unregistered. Beat just adds rows.
+        store.sync_triggers([spec_of(d) for d in triggers], time.time(), prune=role == "worker")
         # Close before the pool (and an embedded beat) fork: a SQLite connection
         # must never be inherited by a child process.
         store.close()

@@ -21,7 +21,7 @@ from celery.canvas import Signature, _chain, chain, chord, group
 from celery.exceptions import SoftTimeLimitExceeded
 
 from .context import canonical_json, check_json_value, context_hash
-from .errors import ContextError
+from .errors import ContextError, UnknownTriggerError
 from .results import TriggerResult
 from .settings import Settings
 from .store import NewExecution, PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
@@ -157,7 +157,11 @@ class Poller:
         self.store = store
 
     def poll(self, name: str, *, now: float | None = None) -> PollReport:
-        definition = triggers.get(name)
+        try:
+            definition = triggers.get(name)
+        except UnknownTriggerError as exc:
+            logger.warning("%s: not polled: %s (is this worker running the same code as beat?)", name, exc)
+            return PollReport(name, "not_polled", "unknown trigger")
         started = time.time() if now is None else now
         token = uuid.uuid4().hex
         lease_seconds = self.settings.poll_hard_time_limit + 5.0

@@ -1,0 +1,106 @@
+"""install(): the start-up checks that refuse a bad setup, and the beat entries it adds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from celery import Celery
+
+import cloaca_celery as cloaca
+from cloaca_celery.dispatch import DispatchSchedule
+from cloaca_celery.installation import get_installation
+
+
+def _app(tmp_path: Path, **conf: object) -> Celery:
+    app = Celery("checks", broker="memory://", set_as_current=False)
+    app.conf.update(**conf)
+    cloaca.install(app, database_url=f"sqlite:///{tmp_path / 'store.db'}")
+    return app
+
+
+@cloaca.task(id="install_only_step")
+def only_step(context: cloaca.Context) -> None:
+    return None
+
+
+def _workflow() -> None:
+    with cloaca.WorkflowBuilder("known") as builder:
+        builder.add_task(only_step)
+
+
+def test_a_sound_setup_has_no_problems_and_starts(tmp_path: Path) -> None:
+    _workflow()
+
+    @cloaca.trigger(workflow="known", poll_interval="1s")
+    def fine() -> bool:
+        return False
+
+    app = _app(tmp_path)
+    installation = get_installation(app)
+    assert installation.check() == []
+    installation.start("worker")
+    assert installation.store.get_schedule("fine")["enabled"] is True
+
+
+@pytest.mark.parametrize(
+    ("conf", "needle"),
+    [
+        ({"task_serializer": "pickle"}, "task_serializer='pickle'"),
+        ({"result_serializer": "pickle"}, "result_serializer='pickle'"),
+        ({"accept_content": ["json", "pickle"]}, "accept_content"),
+    ],
+)
+def test_pickle_is_refused_at_start_up(tmp_path: Path, conf: dict[str, object], needle: str) -> None:
+    app = _app(tmp_path, **conf)
+    installation = get_installation(app)
+    problems = installation.check()
+    assert len(problems) == 1 and needle in problems[0] and "json" in problems[0]
+    with pytest.raises(SystemExit, match="worker not started"):
+        installation.start("worker")
+
+
+def test_unknown_workflow_is_one_clear_problem(tmp_path: Path) -> None:
+    @cloaca.trigger(workflow="nowhere", poll_interval="1s")
+    def lost_trigger() -> bool:
+        return False
+
+    app = _app(tmp_path)
+    problems = get_installation(app).check()
+    assert len(problems) == 1
+    assert "trigger 'lost_trigger'" in problems[0] and "workflow 'nowhere'" in problems[0]
+    with pytest.raises(SystemExit, match="beat not started"):
+        get_installation(app).start("beat")
+
+
+def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
+    app = Celery("bad", broker="memory://", set_as_current=False)
+    cloaca.install(app, database_url=f"sqlite:///{tmp_path / 's.db'}", poll_time_limit="soon")
+    with pytest.raises(SystemExit, match="cloaca_poll_time_limit"):
+        get_installation(app).start("worker")
+
+
+def test_unknown_install_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown option.*poll_timeout"):
+        cloaca.install(Celery("x", set_as_current=False), poll_timeout="1s")
+
+
+def test_beat_gets_one_dispatch_entry_and_one_sweep_entry(tmp_path: Path) -> None:
+    _workflow()
+
+    @cloaca.trigger(workflow="known", poll_interval="100ms")
+    def quick() -> bool:
+        return False
+
+    app = _app(tmp_path)
+    entries = app.conf.beat_schedule
+    assert set(entries) == {"cloaca.dispatch", "cloaca.sweep"}
+    tick = entries["cloaca.dispatch"]["schedule"]
+    assert isinstance(tick, DispatchSchedule)
+    assert tick.run_every.total_seconds() == pytest.approx(0.05)
+    assert entries["cloaca.dispatch"]["options"]["expires"] > 0
+    assert {"cloaca.poll", "cloaca.dispatch", "cloaca.sweep", "cloaca.complete", "cloaca.failed"} <= set(
+        app.tasks
+    )
+    other = Celery("other", set_as_current=False)
+    assert "cloaca.poll" not in other.tasks
