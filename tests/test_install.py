@@ -81,7 +81,7 @@ def test_a_bad_setting_stops_start_up_naming_it(tmp_path: Path) -> None:
 
 
 def test_unknown_install_option_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown option.*poll_timeout"):
+    with pytest.raises(ValueError, match=r"unknown option.*poll_timeout"):
         cloaca.install(Celery("x", set_as_current=False), poll_timeout="1s")
 
 
