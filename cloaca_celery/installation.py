@@ -67,7 +67,7 @@ class Installation:
                     dispose()
                 self._pid = os.getpid()
             if self._store is None:
-                store = SqlStore(self.settings.database_url)
+                store = make_store(self.settings)
                 store.ensure_schema()
                 self._store = store
             return self._store
@@ -168,6 +168,40 @@ class Installation:
                 if callable(dispose):
                     dispose()
                 self._pid = os.getpid()
+
+
+def make_store(settings: Settings) -> Store:
+    """The store the settings ask for.
+
+    ``store='auto'`` (the default) picks the Django ORM store when
+    ``django_cloaca`` is an installed, ready Django app and no
+    ``cloaca_database_url`` was given; the SQLAlchemy store otherwise.
+    """
+    kind = settings.store
+    if kind == "auto":
+        kind = "django" if not settings.database_url_given and _django_cloaca_ready() else "sql"
+    if kind == "django":
+        if not _django_cloaca_ready():
+            raise ConfigurationError(
+                "setting cloaca_store='django' needs Django set up with 'django_cloaca' in "
+                "INSTALLED_APPS (run Celery with DJANGO_SETTINGS_MODULE set)"
+            )
+        from django_cloaca.store import DjangoStore
+
+        return DjangoStore()
+    return SqlStore(settings.database_url)
+
+
+def _django_cloaca_ready() -> bool:
+    import sys
+
+    if "django" not in sys.modules:
+        return False
+    try:
+        from django.apps import apps
+    except ImportError:
+        return False
+    return bool(apps.ready and apps.is_installed("django_cloaca"))
 
 
 def apply_embedded_defaults(conf: Any, home: Path) -> None:

@@ -19,6 +19,7 @@ from .durations import parse_duration
 from .errors import ConfigurationError
 
 DEFAULTS: dict[str, Any] = {
+    "store": "auto",
     "database_url": None,
     "home": ".cloaca",
     "embedded": "auto",
@@ -39,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
 class Settings:
     """Resolved options; see :data:`DEFAULTS` and ``docs/configuration.md``."""
 
+    store: str
     database_url: str
+    database_url_given: bool
     home: Path
     embedded: bool
     dispatch_interval: float | None
@@ -99,7 +102,13 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
             f"setting cloaca_embedded: expected True, False or 'auto', got {embedded_opt!r}"
         )
 
+    store = raw["store"]
+    if store not in ("auto", "sql", "django"):
+        raise ConfigurationError(
+            f"setting cloaca_store: expected 'auto', 'sql' or 'django', got {store!r}"
+        )
     database_url = raw["database_url"]
+    database_url_given = database_url is not None
     if database_url is None:
         database_url = f"sqlite:///{(home / 'cloaca.db').resolve()}"
     elif not isinstance(database_url, str) or "://" not in database_url:
@@ -127,7 +136,9 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
             raise ConfigurationError(f"setting cloaca_{key}: expected a queue name, got {raw[key]!r}")
 
     return Settings(
+        store=store,
         database_url=database_url,
+        database_url_given=database_url_given,
         home=home,
         embedded=embedded,
         dispatch_interval=dispatch_interval,
