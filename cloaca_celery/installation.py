@@ -188,7 +188,8 @@ def make_store(settings: Settings) -> Store:
             )
         from django_cloaca.store import DjangoStore
 
-        return DjangoStore()
+        django_store: Store = DjangoStore()
+        return django_store
     return SqlStore(settings.database_url)
 
 
