@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check cloaca_celery tests example_project
+	$(BIN)/ruff check cloaca_celery django_cloaca tests example_project
 	$(BIN)/mypy cloaca_celery
 
 test: lint

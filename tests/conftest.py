@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import tests.django_project.celery_app  # noqa: F401 - its triggers exist in every test, as in a project
 from cloaca_celery.triggers import triggers
 from cloaca_celery.workflows import tasks, workflows
 

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.e2e
 def test_demo_runs_the_workflow_and_ends_by_itself(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
     env["CLOACA_DEMO_DIR"] = str(tmp_path)
     done = subprocess.run(
         [sys.executable, str(REPO / "example_project" / "quickstart" / "run_demo.py")],

@@ -30,7 +30,7 @@ def main() -> int:
     INBOX.mkdir(parents=True)
     HOME.mkdir(exist_ok=True)
     log_path = HOME / "demo-worker.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
     env["CLOACA_DEMO_DIR"] = str(WORKDIR)
     command = [sys.executable, "-m", "celery", "-A", "proj", "worker", "-B", "-c", "2",

@@ -1,0 +1,135 @@
+"""Trigger schedules, executions and claims: the same tables as cloaca's SQL store.
+
+The tables keep the names and columns of ``cloaca_celery.sqlstore`` so that the
+engine, the admin and ``celery -A proj cloaca`` all read one history.
+Scheduling instants the database compares and adds (``next_poll_at``, lease
+and claim expiry) are epoch seconds; times for people are aware datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from django.db import models
+
+STATUS_CHOICES = [
+    ("queued", "queued"),
+    ("running", "running"),
+    ("succeeded", "succeeded"),
+    ("failed", "failed"),
+    ("revoked", "revoked"),
+    ("lost", "lost"),
+]
+
+
+class TriggerScheduleQuerySet(models.QuerySet["TriggerSchedule"]):
+    def due(self, now: float) -> TriggerScheduleQuerySet:
+        """Enabled, registered triggers whose poll slot has come and that no poll holds."""
+        return self.filter(enabled=True, registered=True, next_poll_at__lte=now).filter(
+            models.Q(poll_lease_until__isnull=True) | models.Q(poll_lease_until__lt=now)
+        )
+
+
+class TriggerSchedule(models.Model):
+    trigger_name = models.CharField("trigger", max_length=200, primary_key=True)
+    workflow = models.CharField(max_length=200)
+    poll_interval = models.FloatField(help_text="seconds")
+    allow_concurrent = models.BooleanField(default=False)
+    enabled = models.BooleanField(default=True, help_text="Switched off, the trigger is not polled.")
+    registered = models.BooleanField(default=True, help_text="False once no worker defines the trigger.")
+    next_poll_at = models.FloatField(help_text="epoch seconds")
+    poll_lease_until = models.FloatField(null=True, blank=True)
+    poll_token = models.CharField(max_length=36, null=True, blank=True)
+    last_poll_at = models.DateTimeField(null=True, blank=True)
+    last_fire_at = models.DateTimeField(null=True, blank=True)
+    consecutive_errors = models.IntegerField(default=0)
+    last_error = models.TextField(null=True, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    state = models.JSONField(default=dict, blank=True)
+    state_version = models.IntegerField(default=0)
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    dedup_count = models.IntegerField("deduplicated", default=0)
+
+    objects = TriggerScheduleQuerySet.as_manager()
+
+    class Meta:
+        db_table = "cloaca_schedules"
+        ordering = ["trigger_name"]
+        verbose_name = "trigger"
+        verbose_name_plural = "triggers"
+        indexes = [
+            models.Index(fields=["enabled", "registered", "next_poll_at"], name="ix_cloaca_schedules_due"),
+        ]
+
+    def __str__(self) -> str:
+        return self.trigger_name
+
+    @property
+    def next_poll(self) -> datetime:
+        return datetime.fromtimestamp(self.next_poll_at, tz=timezone.utc)
+
+
+class TriggerExecution(models.Model):
+    execution_id = models.CharField("execution", max_length=36, primary_key=True)
+    trigger_name = models.CharField("trigger", max_length=200)
+    workflow = models.CharField(max_length=200)
+    context = models.JSONField(default=dict)
+    context_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES)
+    task_ids = models.JSONField(default=list)
+    started_at = models.DateTimeField(help_text="when the trigger fired")
+    running_at = models.DateTimeField(null=True, blank=True, help_text="when the first step began")
+    completed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+
+    class Meta:
+        db_table = "cloaca_executions"
+        ordering = ["-started_at"]
+        get_latest_by = "started_at"
+        verbose_name = "execution"
+        verbose_name_plural = "executions"
+        indexes = [
+            models.Index(fields=["trigger_name", "started_at"], name="ix_cloaca_executions_trigger"),
+            models.Index(fields=["status", "started_at"], name="ix_cloaca_executions_status"),
+            models.Index(fields=["started_at"], name="ix_cloaca_executions_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trigger_name} {self.execution_id[:8]} {self.status}"
+
+    @property
+    def duration(self) -> float | None:
+        if self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in (
+            "execution_id", "trigger_name", "workflow", "context", "context_hash", "status",
+            "task_ids", "started_at", "running_at", "completed_at", "error",
+        )}
+
+
+class TriggerClaim(models.Model):
+    """A (trigger, context hash) that an active execution holds. Composite key in SQL;
+    Django sees ``claim_key`` ("<trigger>\\x1f<hash>") as its primary key."""
+
+    claim_key = models.CharField(max_length=265, primary_key=True)
+    trigger_name = models.CharField(max_length=200)
+    context_hash = models.CharField(max_length=64)
+    execution_id = models.CharField(max_length=36)
+    claimed_at = models.FloatField()
+    expires_at = models.FloatField()
+
+    class Meta:
+        db_table = "cloaca_claims"
+        verbose_name = "claim"
+        indexes = [models.Index(fields=["execution_id"], name="ix_cloaca_claims_execution")]
+        constraints = [
+            models.UniqueConstraint(fields=["trigger_name", "context_hash"], name="uq_cloaca_claims_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trigger_name} {self.context_hash[:12]}"

@@ -1,0 +1,200 @@
+"""The admin pages: lists, filters, actions, read-only history, permissions and CSRF."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from cloaca_celery.context import context_hash
+from cloaca_celery.store import NewExecution
+from django_cloaca.models import TriggerExecution, TriggerSchedule
+from django_cloaca.store import DjangoStore
+
+pytestmark = pytest.mark.django_db
+
+TRIGGERS = reverse("admin:django_cloaca_triggerschedule_changelist")
+EXECUTIONS = reverse("admin:django_cloaca_triggerexecution_changelist")
+
+
+def _client(user: User, csrf: bool = False) -> Client:
+    client = Client(enforce_csrf_checks=csrf)
+    client.force_login(user)
+    return client
+
+
+def _execution(store: DjangoStore, trigger: str, status: str, context: dict[str, Any],
+               started: datetime | None = None) -> str:
+    execution_id = str(uuid.uuid4())
+    store.record_fire(
+        NewExecution(execution_id, trigger, "django_invoices", context, context_hash(context),
+                     [execution_id], started or datetime.now(timezone.utc)),
+        None, time.time(),
+    )
+    if status != "queued":
+        store.finish_execution(execution_id, status, "boom" if status == "failed" else None,
+                               datetime.now(timezone.utc))
+    return execution_id
+
+
+def _action(client: Client, action: str, *names: str) -> Any:
+    return client.post(TRIGGERS, {"action": action, "_selected_action": list(names)}, follow=True)
+
+
+# -- access -----------------------------------------------------------------------
+
+
+def test_anonymous_users_are_sent_to_login(client: Client, store: DjangoStore) -> None:
+    for url in (TRIGGERS, EXECUTIONS):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_staff_without_model_permissions_cannot_see_triggers(bare_staff: User, store: DjangoStore) -> None:
+    client = _client(bare_staff)
+    assert client.get(TRIGGERS).status_code == 403
+    assert client.get(EXECUTIONS).status_code == 403
+    assert _action(client, "disable_triggers", "invoice_watcher").status_code == 403
+    assert TriggerSchedule.objects.get(pk="invoice_watcher").enabled is True
+
+
+def test_view_permission_shows_but_cannot_switch(viewer: User, store: DjangoStore) -> None:
+    client = _client(viewer)
+    page = client.get(TRIGGERS)
+    assert page.status_code == 200 and b"invoice_watcher" in page.content
+    assert b"disable_triggers" not in page.content  # no actions without change permission
+    _action(client, "disable_triggers", "invoice_watcher")
+    assert TriggerSchedule.objects.get(pk="invoice_watcher").enabled is True
+    change = reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"])
+    assert client.post(change, {"enabled": ""}).status_code == 403
+    assert TriggerSchedule.objects.get(pk="invoice_watcher").enabled is True
+
+
+def test_posts_without_csrf_token_are_refused(changer: User, store: DjangoStore) -> None:
+    client = _client(changer, csrf=True)
+    response = client.post(TRIGGERS, {"action": "disable_triggers", "_selected_action": ["invoice_watcher"]})
+    assert response.status_code == 403
+    assert TriggerSchedule.objects.get(pk="invoice_watcher").enabled is True
+
+
+# -- triggers list and actions ---------------------------------------------------------
+
+
+def test_trigger_list_shows_the_schedule_columns(superuser: User, store: DjangoStore) -> None:
+    store.get_schedule("invoice_watcher")
+    TriggerSchedule.objects.filter(pk="nightly_report").update(
+        consecutive_errors=3, last_error="RuntimeError: report database down"
+    )
+    page = _client(superuser).get(TRIGGERS).content.decode()
+    for text in ("invoice_watcher", "django_invoices", "5s", "1h", "report database down",
+                 "Last poll at", "Last fire at", "executions"):
+        assert text in page, text
+
+
+def test_search_and_filters(superuser: User, store: DjangoStore) -> None:
+    client = _client(superuser)
+    found = client.get(TRIGGERS, {"q": "nightly"}).content.decode()
+    assert "nightly_report" in found and "invoice_watcher" not in found
+    store.set_enabled("nightly_report", False)
+    disabled = client.get(TRIGGERS, {"enabled__exact": "0"}).content.decode()
+    assert "nightly_report" in disabled and "invoice_watcher" not in disabled
+
+
+def test_enable_and_disable_actions_need_change_permission_and_write_the_row(
+    changer: User, store: DjangoStore
+) -> None:
+    client = _client(changer)
+    response = _action(client, "disable_triggers", "invoice_watcher", "nightly_report")
+    assert "2 trigger(s) disabled" in response.content.decode()
+    assert store.get_schedule("invoice_watcher")["enabled"] is False
+    assert store.get_schedule("nightly_report")["enabled"] is False
+    _action(client, "enable_triggers", "invoice_watcher")
+    assert store.get_schedule("invoice_watcher")["enabled"] is True
+    assert store.get_schedule("nightly_report")["enabled"] is False
+
+
+def test_the_editable_toggle_writes_only_enabled(superuser: User, store: DjangoStore) -> None:
+    TriggerSchedule.objects.filter(pk="invoice_watcher").update(state={"cursor": 41}, consecutive_errors=2)
+    client = _client(superuser)
+    rows = list(TriggerSchedule.objects.order_by("trigger_name").values_list("pk", "enabled"))
+    data: dict[str, Any] = {
+        "form-TOTAL_FORMS": str(len(rows)), "form-INITIAL_FORMS": str(len(rows)),
+        "form-MIN_NUM_FORMS": "0", "form-MAX_NUM_FORMS": "1000", "_save": "Save",
+    }
+    for i, (name, enabled) in enumerate(rows):
+        data[f"form-{i}-trigger_name"] = name
+        if enabled and name != "invoice_watcher":
+            data[f"form-{i}-enabled"] = "on"
+    # Meanwhile a poll writes the row: the admin's save must not overwrite it.
+    TriggerSchedule.objects.filter(pk="invoice_watcher").update(state={"cursor": 42})
+    response = client.post(TRIGGERS, data, follow=True)
+    assert response.status_code == 200
+    row = TriggerSchedule.objects.get(pk="invoice_watcher")
+    assert row.enabled is False and row.state == {"cursor": 42} and row.consecutive_errors == 2
+
+
+def test_poll_now_goes_through_the_poll_task_and_dedup(
+    superuser: User, store: DjangoStore, switches: dict[str, Any]
+) -> None:
+    client = _client(superuser)
+    switches["invoice"] = "INV-9"
+    response = _action(client, "poll_now", "invoice_watcher")
+    assert "Poll sent for invoice_watcher" in response.content.decode()
+    history = store.execution_history("invoice_watcher")
+    assert len(history) == 1 and history[0]["status"] == "succeeded"
+    assert history[0]["context"] == {"invoice": "INV-9"}
+    # An active execution of the same context holds the claim: poll now is deduplicated.
+    holder = str(uuid.uuid4())
+    store.record_fire(
+        NewExecution(holder, "invoice_watcher", "django_invoices", {"invoice": "INV-9"},
+                     context_hash({"invoice": "INV-9"}), [holder], datetime.now(timezone.utc)),
+        time.time() + 600, time.time(),
+    )
+    _action(client, "poll_now", "invoice_watcher")
+    assert len(store.execution_history("invoice_watcher")) == 2
+    assert store.get_schedule("invoice_watcher")["dedup_count"] == 1
+
+
+def test_poll_now_leaves_a_disabled_trigger_alone(
+    superuser: User, store: DjangoStore, switches: dict[str, Any]
+) -> None:
+    switches["invoice"] = "INV-10"
+    store.set_enabled("invoice_watcher", False)
+    _action(_client(superuser), "poll_now", "invoice_watcher")
+    assert store.execution_history("invoice_watcher") == []
+
+
+# -- execution history ---------------------------------------------------------------
+
+
+def test_history_is_read_only_with_filters_search_and_links(superuser: User, store: DjangoStore) -> None:
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    ok = _execution(store, "invoice_watcher", "succeeded", {"invoice": "INV-1", "customer": "Zoë"})
+    bad = _execution(store, "invoice_watcher", "failed", {"invoice": "INV-2"})
+    other = _execution(store, "nightly_report", "succeeded", {"day": "monday"}, started=old)
+    client = _client(superuser)
+    listing = client.get(EXECUTIONS).content.decode()
+    assert ok in listing and bad in listing and other in listing
+    failed = client.get(EXECUTIONS, {"status__exact": "failed"}).content.decode()
+    assert bad in failed and ok not in failed
+    by_trigger = client.get(EXECUTIONS, {"trigger_name__exact": "nightly_report"}).content.decode()
+    assert other in by_trigger and ok not in by_trigger
+    searched = client.get(EXECUTIONS, {"q": "INV-1"}).content.decode()
+    assert ok in searched and bad not in searched
+    year = client.get(EXECUTIONS, {"started_at__year": str(old.year), "started_at__month": str(old.month)})
+    assert other in year.content.decode()
+    detail = client.get(reverse("admin:django_cloaca_triggerexecution_change", args=[ok])).content.decode()
+    assert "&quot;customer&quot;: &quot;Zoë&quot;" in detail or '"customer": "Zoë"' in detail
+    assert reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"]) in detail
+    assert 'name="_save"' not in detail
+    assert client.post(reverse("admin:django_cloaca_triggerexecution_change", args=[ok]),
+                       {"status": "failed"}).status_code == 403
+    assert TriggerExecution.objects.get(pk=ok).status == "succeeded"
+    trigger_page = client.get(reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"]))
+    assert "trigger_name__exact=invoice_watcher" in trigger_page.content.decode()
