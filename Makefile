@@ -19,6 +19,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@echo "--- django_cloaca again, on PostgreSQL ---"
+	CLOACA_TEST_DJANGO_DB=postgresql $(BIN)/python -m pytest tests/djangoapp $(PYTEST_ARGS)
+	DJANGO_SETTINGS_MODULE=tests.django_project.settings $(BIN)/python -m django makemigrations --check --dry-run django_cloaca
 
 demo: $(STAMP)
 	$(BIN)/python example_project/quickstart/run_demo.py

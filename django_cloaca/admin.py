@@ -48,7 +48,7 @@ def _pretty_json(value: Any) -> str:
 class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "trigger_name", "workflow", "interval", "enabled", "last_poll_at", "last_fire_at",
-        "consecutive_errors", "short_error", "dedup_count", "history",
+        "errors", "short_error", "history",
     )
     list_display_links = ("trigger_name",)
     list_editable = ("enabled",)
@@ -81,10 +81,14 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def interval(self, obj: TriggerSchedule) -> str:
         return format_duration(obj.poll_interval)
 
+    @admin.display(description="errors", ordering="consecutive_errors")
+    def errors(self, obj: TriggerSchedule) -> int:
+        return obj.consecutive_errors
+
     @admin.display(description="last error")
     def short_error(self, obj: TriggerSchedule) -> str:
         text = obj.last_error or ""
-        return text if len(text) <= 80 else text[:77] + "..."
+        return text if len(text) <= 60 else text[:57] + "..."
 
     @admin.display(description="state")
     def state_json(self, obj: TriggerSchedule) -> str:
@@ -162,7 +166,7 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 @admin.register(TriggerExecution)
 class TriggerExecutionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("execution_id", "trigger_link", "workflow", "status", "started_at",
+    list_display = ("short_id", "trigger_link", "workflow", "status", "started_at",
                     "completed_at", "duration_display")
     list_filter = ("status", "trigger_name", "workflow")
     search_fields = ("execution_id", "trigger_name", "context_hash", "context", "error")
@@ -187,6 +191,10 @@ class TriggerExecutionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="execution", ordering="execution_id")
+    def short_id(self, obj: TriggerExecution) -> str:
+        return obj.execution_id[:8]
 
     @admin.display(description="trigger", ordering="trigger_name")
     def trigger_link(self, obj: TriggerExecution) -> str:

@@ -57,3 +57,14 @@ def changer(db: None) -> User:
 @pytest.fixture
 def bare_staff(db: None) -> User:
     return _staff("bare")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _database_service() -> None:
+    """With CLOACA_TEST_DJANGO_DB=postgresql, PostgreSQL must answer (fail in CI, skip on a laptop)."""
+    import os
+
+    from tests.services import need_postgres
+
+    if os.environ.get("CLOACA_TEST_DJANGO_DB") == "postgresql":
+        need_postgres()

@@ -1,0 +1,115 @@
+"""A real browser (headless Chromium driven by Playwright) through the admin.
+
+Logs in, disables a trigger, opens its history, and saves screenshots under
+docs/img/ for the admin page of the docs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.services import services_required
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / "docs" / "img"
+CHROMIUM = os.environ.get("CLOACA_TEST_CHROMIUM", "/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _need_browser() -> None:
+    missing = [what for what, ok in (
+        ("Chromium at " + CHROMIUM, Path(CHROMIUM).exists() or shutil.which(CHROMIUM)),
+        ("the playwright package", _importable("playwright")),
+    ) if not ok]
+    if missing:
+        message = f"{' and '.join(missing)} missing (apt-get install chromium; pip install playwright)"
+        if services_required():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_log_in_disable_a_trigger_and_read_its_history(live_server: Any, store: Any) -> None:
+    _need_browser()
+    from django.contrib.auth.models import User
+
+    from cloaca_celery.context import context_hash
+    from cloaca_celery.store import NewExecution
+
+    User.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    now = datetime.now(timezone.utc)
+    for i, status in enumerate(["succeeded", "succeeded", "failed", "running"]):
+        execution_id = str(uuid.uuid4())
+        context = {"invoice": f"INV-{1040 + i}", "customer": ["Acme", "Zoë & Co", "Initech", "Umbrella"][i]}
+        store.record_fire(NewExecution(execution_id, "invoice_watcher", "django_invoices", context,
+                                       context_hash(context), [execution_id], now - timedelta(minutes=9 - i)),
+                          None, now.timestamp())
+        if status == "running":
+            store.mark_running(execution_id, now)
+        else:
+            store.finish_execution(execution_id, status,
+                                   "ValueError: invoice total is negative" if status == "failed" else None,
+                                   now - timedelta(minutes=8 - i, seconds=30))
+    store.get_schedule("nightly_report")
+    from django_cloaca.models import TriggerSchedule
+
+    TriggerSchedule.objects.filter(pk="nightly_report").update(
+        consecutive_errors=2, last_error="OperationalError: reporting database unreachable",
+        last_poll_at=now - timedelta(minutes=3))
+    TriggerSchedule.objects.filter(pk="invoice_watcher").update(
+        last_poll_at=now - timedelta(seconds=2), last_fire_at=now - timedelta(minutes=6))
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 760})
+            page.goto(f"{live_server.url}/admin/django_cloaca/triggerschedule/")
+            assert "/admin/login/" in page.url
+            page.fill("#id_username", "ops")
+            page.fill("#id_password", "correct horse battery")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#result_list")
+            assert "invoice_watcher" in page.inner_text("#result_list")
+            page.screenshot(path=str(SHOTS / "admin-triggers.png"), full_page=True)
+
+            row = page.locator("#result_list tr", has_text="invoice_watcher")
+            row.locator("input.action-select").check()
+            page.select_option("select[name=action]", "disable_triggers")
+            page.click("button[name=index]")
+            page.wait_for_selector(".messagelist")
+            assert "1 trigger(s) disabled" in page.inner_text(".messagelist")
+            page.screenshot(path=str(SHOTS / "admin-trigger-disabled.png"), full_page=True)
+            assert TriggerSchedule.objects.get(pk="invoice_watcher").enabled is False
+
+            page.locator("#result_list tr", has_text="invoice_watcher").get_by_text("executions").click()
+            page.wait_for_selector("#result_list")
+            history = page.inner_text("#result_list")
+            assert history.count("invoice_watcher") == 4 and "failed" in history
+            page.screenshot(path=str(SHOTS / "admin-history.png"), full_page=True)
+
+            page.locator("#result_list tbody th a").first.click()
+            page.wait_for_selector("pre.cloaca-json")
+            assert "INV-" in page.inner_text("pre.cloaca-json")
+            page.screenshot(path=str(SHOTS / "admin-execution.png"), full_page=True)
+        finally:
+            browser.close()
+    for name in ("admin-triggers", "admin-trigger-disabled", "admin-history", "admin-execution"):
+        assert (SHOTS / f"{name}.png").stat().st_size > 10_000
