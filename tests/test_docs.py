@@ -45,13 +45,23 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     if page.name == "README.md" or page.parent.name == "docs":
         assert examples or "```" not in page.read_text(), f"{page} has code but no python examples"
     monkeypatch.chdir(tmp_path)
+    from celery import _state
+
+    monkeypatch.setattr(_state, "default_app", _state.default_app)
+    current = _state.get_current_app()
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", ""))
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     before = set(triggers.names())
-    for kind, code, line in found:
-        try:
-            exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
-        except Exception as exc:
-            raise AssertionError(f"{page.relative_to(REPO)} line {line} ({kind}) failed: {exc!r}") from exc
+    try:
+        for kind, code, line in found:
+            try:
+                exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+            except Exception as exc:
+                raise AssertionError(
+                    f"{page.relative_to(REPO)} line {line} ({kind}) failed: {exc!r}"
+                ) from exc
+    finally:
+        _state._set_current_app(current)  # an example's Celery() must not stay the current app
     for name in sorted(set(triggers.names()) - before):
         definition = triggers.get(name)
         result = evaluate(definition, {})
