@@ -81,7 +81,7 @@ class CeleryProject:
     def __init__(self, workdir: Path, module: str, env: dict[str, str]) -> None:
         self.workdir = workdir
         self.module = module
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "E2E_"))}
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "E2E_", "DJANGO_"))}
         base["PYTHONPATH"] = os.pathsep.join([str(APPS), str(REPO)])
         base["PYTHONUNBUFFERED"] = "1"
         base.update(env)
