@@ -24,7 +24,7 @@ test: lint
 	DJANGO_SETTINGS_MODULE=tests.django_project.settings $(BIN)/python -m django makemigrations --check --dry-run django_cloaca
 
 demo: $(STAMP)
-	$(BIN)/python example_project/quickstart/run_demo.py
+	$(BIN)/python example_project/run_demo.py
 
 clean:
 	rm -rf $(VENV) .cloaca build *.egg-info

@@ -162,12 +162,20 @@ class Installation:
         )
 
     def after_fork(self) -> None:
+        """In a new pool process: drop inherited connections, then open one so the
+        first poll does not pay for it."""
         with self._lock:
             if self._store is not None and self._pid != os.getpid():
                 dispose = getattr(self._store, "dispose", None)
                 if callable(dispose):
                     dispose()
                 self._pid = os.getpid()
+        try:
+            ping = getattr(self.store, "ping", None)
+            if callable(ping):
+                ping()
+        except Exception as exc:  # noqa: BLE001 - the first poll will report it properly
+            logger.warning("cloaca: store not reachable from a new worker process: %s", exc)
 
 
 def make_store(settings: Settings) -> Store:

@@ -252,6 +252,11 @@ class SqlStore:
                 upgrade(self.engine)
                 self._schema_ready = True
 
+    def ping(self) -> None:
+        """Open a connection (and prove the database answers)."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
     def dispose(self) -> None:
         """Forget pooled connections (after a fork, the child must not reuse them)."""
         self.engine.dispose(close=False)

@@ -73,6 +73,11 @@ class DjangoStore:
                 f"database {self.using!r}: run `manage.py migrate django_cloaca`"
             )
 
+    def ping(self) -> None:
+        """Open a connection (and prove the database answers)."""
+        with connections[self.using].cursor() as cursor:
+            cursor.execute("SELECT 1")
+
     def close(self) -> None:
         connections[self.using].close()
 
