@@ -7,7 +7,9 @@ temporary folder.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 SECRET_KEY = "django-cloaca-tests-only"
@@ -54,6 +56,8 @@ TEMPLATES = [
 ]
 
 _DB_DIR = os.environ.get("CLOACA_TEST_DJANGO_DIR") or tempfile.mkdtemp(prefix="cloaca-django-")
+if "CLOACA_TEST_DJANGO_DIR" not in os.environ:
+    atexit.register(shutil.rmtree, _DB_DIR, True)
 
 if os.environ.get("CLOACA_TEST_DJANGO_DB") == "postgresql":
     DATABASES = {
