@@ -23,8 +23,8 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Double,
     Engine,
-    Float,
     Index,
     Integer,
     MetaData,
@@ -42,6 +42,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -63,10 +64,16 @@ logger = logging.getLogger("cloaca_celery.sqlstore")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported)."""
+    """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported),
+    to the microsecond (MySQL/MariaDB get ``DATETIME(6)``)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -91,12 +98,12 @@ schedules = Table(
     metadata,
     Column("trigger_name", String(200), primary_key=True),
     Column("workflow", String(200), nullable=False),
-    Column("poll_interval", Float, nullable=False),
+    Column("poll_interval", Double, nullable=False),
     Column("allow_concurrent", Boolean, nullable=False, default=False),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("registered", Boolean, nullable=False, default=True),
-    Column("next_poll_at", Float, nullable=False),
-    Column("poll_lease_until", Float, nullable=True),
+    Column("next_poll_at", Double, nullable=False),
+    Column("poll_lease_until", Double, nullable=True),
     Column("poll_token", String(36), nullable=True),
     Column("last_poll_at", UTCDateTime, nullable=True),
     Column("last_fire_at", UTCDateTime, nullable=True),
@@ -136,8 +143,8 @@ claims = Table(
     Column("trigger_name", String(200), primary_key=True),
     Column("context_hash", String(64), primary_key=True),
     Column("execution_id", String(36), nullable=False),
-    Column("claimed_at", Float, nullable=False),
-    Column("expires_at", Float, nullable=False),
+    Column("claimed_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
     Index("ix_cloaca_claims_execution", "execution_id"),
 )
 

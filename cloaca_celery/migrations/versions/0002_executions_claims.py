@@ -43,8 +43,8 @@ def upgrade() -> None:
         sa.Column("trigger_name", sa.String(200), primary_key=True),
         sa.Column("context_hash", sa.String(64), primary_key=True),
         sa.Column("execution_id", sa.String(36), nullable=False),
-        sa.Column("claimed_at", sa.Float, nullable=False),
-        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Column("claimed_at", sa.Double, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False),
     )
     op.create_index("ix_cloaca_claims_execution", "cloaca_claims", ["execution_id"])
 
