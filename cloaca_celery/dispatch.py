@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery
 from celery.schedules import schedule
 
+from .logs import log_throttled
 from .settings import Settings
 from .store import Store
 from .triggers import triggers
@@ -71,7 +72,13 @@ class DispatchSchedule(schedule):
 def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | None = None) -> int:
     """Claim the due triggers and publish one ``cloaca.poll`` for each; return the count."""
     now = time.time() if now is None else now
-    due = store.claim_due(now, settings.dispatch_batch_size)
+    try:
+        due = store.claim_due(now, settings.dispatch_batch_size)
+    except Exception as exc:  # noqa: BLE001 - every tick would fail alike: one line every 10 s
+        log_throttled(logger, "dispatch-store", logging.WARNING,
+                      "dispatch: the store is unreachable (%s: %s); no polls until it answers",
+                      type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        return 0
     if not due:
         return 0
     options: dict[str, Any] = {
@@ -92,8 +99,9 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval
-        logger.warning(
-            "dispatch: broker refused publishing (%s); %d of %d due polls dropped until "
+        log_throttled(
+            logger, "dispatch-broker", logging.WARNING,
+            "dispatch: the broker refused publishing (%s); %d of %d due polls dropped until "
             "their next interval", exc, len(due) - sent, len(due),
         )
     return sent

@@ -10,6 +10,8 @@ Celery's loggers; nothing in Celery is patched.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 
 QUIET_TASKS = frozenset({"cloaca.dispatch", "cloaca.poll"})
@@ -44,3 +46,23 @@ def quiet_plumbing_logs() -> None:
         log = logging.getLogger(name)
         if _filter not in log.filters:
             log.addFilter(_filter)
+
+
+_last_logged: dict[str, float] = {}
+_throttle_lock = threading.Lock()
+
+
+def log_throttled(log: logging.Logger, key: str, level: int, message: str, *args: object,
+                  every: float = 10.0) -> bool:
+    """Log ``message`` at most once per ``every`` seconds for ``key`` (one line, no traceback).
+
+    For failures that repeat on every tick (an unreachable store or broker):
+    one clear line now and then instead of a traceback storm.
+    """
+    now = time.monotonic()
+    with _throttle_lock:
+        if now - _last_logged.get(key, -every) < every:
+            return False
+        _last_logged[key] = now
+    log.log(level, message, *args)
+    return True

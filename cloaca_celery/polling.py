@@ -165,10 +165,14 @@ class Poller:
         started = time.time() if now is None else now
         token = uuid.uuid4().hex
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
-        taken = self.store.begin_poll(name, started, lease_seconds, token)
-        if isinstance(taken, PollRefusal) and taken.reason == "missing":
-            self.store.sync_triggers([spec_of(definition)], started)
+        try:
             taken = self.store.begin_poll(name, started, lease_seconds, token)
+            if isinstance(taken, PollRefusal) and taken.reason == "missing":
+                self.store.sync_triggers([spec_of(definition)], started, prune=False)
+                taken = self.store.begin_poll(name, started, lease_seconds, token)
+        except Exception as exc:  # noqa: BLE001 - an unreachable store: one line, poll again next interval
+            logger.warning("%s: not polled: the store is unreachable: %s", name, _first_line(exc))
+            return PollReport(name, "not_polled", "store unreachable")
         if isinstance(taken, PollRefusal):
             logger.debug("%s: not polled (%s)", name, taken.reason)
             return PollReport(name, "not_polled", taken.reason)
@@ -216,11 +220,15 @@ class Poller:
                 logger.warning("%s: state not saved: %s", name, exc)
                 if report.status != "fired":
                     report = PollReport(name, "error", str(exc))
-        saved = self.store.finish_poll(
-            lease,
-            PollOutcome(error=error, fired_at=fired_at, state=new_state, deduplicated=deduplicated),
-            time.time(),
-        )
+        try:
+            saved = self.store.finish_poll(
+                lease,
+                PollOutcome(error=error, fired_at=fired_at, state=new_state, deduplicated=deduplicated),
+                time.time(),
+            )
+        except Exception as exc:  # noqa: BLE001 - the lease expires by itself; report and go on
+            logger.warning("%s: poll outcome not saved: the store is unreachable: %s", name, _first_line(exc))
+            return report
         if not saved:
             logger.warning(
                 "%s: poll outlived its lease (%.0fs); its outcome and state were not saved",
@@ -280,6 +288,11 @@ class Poller:
             logger.error("%s: poll failed: %s", definition.name, error, exc_info=exc)
         else:
             logger.warning("%s: poll failed (%d in a row): %s", definition.name, count, error)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def spec_of(definition: TriggerDefinition) -> TriggerSpec:

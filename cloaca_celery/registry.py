@@ -27,6 +27,7 @@ from typing import Any
 from celery import Celery, states
 from celery.backends.base import DisabledBackend
 
+from .logs import log_throttled
 from .settings import Settings
 from .store import Store
 
@@ -118,7 +119,12 @@ def _ping(app: Celery, hosts: set[str]) -> set[str] | None:
 def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = None) -> int:
     """End the executions whose report never came; return how many were ended."""
     now = now or datetime.now(timezone.utc)
-    candidates = store.active_executions(now - timedelta(seconds=settings.claim_grace), SWEEP_BATCH)
+    try:
+        candidates = store.active_executions(now - timedelta(seconds=settings.claim_grace), SWEEP_BATCH)
+    except Exception as exc:  # noqa: BLE001 - asked again at the next sweep
+        log_throttled(logger, "sweep-store", logging.WARNING,
+                      "sweep: the store is unreachable (%s); trying again next sweep", type(exc).__name__)
+        return 0
     if not candidates:
         return 0
     ended = 0
@@ -132,7 +138,8 @@ def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = 
         try:
             per_task = {tid: backend.get_task_meta(tid) for tid in execution["task_ids"]}
         except Exception as exc:  # noqa: BLE001 - an unreachable backend is asked again next sweep
-            logger.warning("sweep: result backend unreachable (%s); trying again next sweep", exc)
+            log_throttled(logger, "sweep-backend", logging.WARNING,
+                          "sweep: the result backend is unreachable (%s); trying again next sweep", exc)
             return ended
         metas[execution["execution_id"]] = per_task
         for meta in per_task.values():
