@@ -93,6 +93,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+"""On MySQL/MariaDB: any Unicode, and names compared exactly ("Orders" is not "orders")."""
+
 schedules = Table(
     "cloaca_schedules",
     metadata,
@@ -116,6 +119,7 @@ schedules = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("dedup_count", Integer, nullable=False, default=0, server_default="0"),
     Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 executions = Table(
@@ -135,6 +139,7 @@ executions = Table(
     Index("ix_cloaca_executions_trigger", "trigger_name", "started_at"),
     Index("ix_cloaca_executions_status", "status", "started_at"),
     Index("ix_cloaca_executions_started", "started_at"),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 claims = Table(
@@ -146,6 +151,7 @@ claims = Table(
     Column("claimed_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
     Index("ix_cloaca_claims_execution", "execution_id"),
+    **MYSQL_TABLE_OPTIONS,
 )
 
 SCHEDULE_FIELDS = (

@@ -147,6 +147,10 @@ def trigger(
             raise ConfigurationError(
                 f"@trigger on {fn!r}: name must be a non-empty string, got {trigger_name!r}"
             )
+        if trigger_name != trigger_name.strip():
+            raise ConfigurationError(
+                f"trigger {trigger_name!r}: a name must not start or end with whitespace"
+            )
         if len(trigger_name) > 200:
             raise ConfigurationError(
                 f"trigger {trigger_name[:40]!r}...: names are limited to 200 characters"

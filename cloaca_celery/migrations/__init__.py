@@ -48,13 +48,19 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if current_revision(probe) == target:
             return
     dialect = engine.dialect.name
+    if dialect in ("mysql", "mariadb"):
+        # MySQL runs DDL outside transactions: hold a named lock on a connection of
+        # its own until the migrating transaction has committed.
+        name = f"cloaca_migrations:{engine.url.database or ''}"[:64]
+        with engine.connect() as lock:
+            lock.execute(text("SELECT GET_LOCK(:name, 120)"), {"name": name})
+            try:
+                with engine.begin() as connection:
+                    command.upgrade(alembic_config(connection), revision)
+            finally:
+                lock.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+        return
     with engine.begin() as connection:
         if dialect == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-        elif dialect in ("mysql", "mariadb"):
-            connection.execute(text("SELECT GET_LOCK('cloaca_migrations', 120)"))
-        try:
-            command.upgrade(alembic_config(connection), revision)
-        finally:
-            if dialect in ("mysql", "mariadb"):
-                connection.execute(text("SELECT RELEASE_LOCK('cloaca_migrations')"))
+        command.upgrade(alembic_config(connection), revision)

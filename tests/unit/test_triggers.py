@@ -165,3 +165,8 @@ def test_bare_decorator_gives_a_clear_error() -> None:
 def test_unknown_trigger_lookup_raises_key_error() -> None:
     with pytest.raises(KeyError, match="no_such_trigger"):
         triggers.get("no_such_trigger")
+
+
+def test_names_with_surrounding_whitespace_are_refused() -> None:
+    with pytest.raises(ValueError, match="must not start or end with whitespace"):
+        trigger(workflow="wf", name="orders ")(lambda: False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from cloaca_celery.sqlstore import UTCDateTime
+from cloaca_celery.sqlstore import MYSQL_TABLE_OPTIONS, UTCDateTime
 
 revision = "0001"
 down_revision = None
@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("state_version", sa.Integer, nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("updated_at", UTCDateTime, nullable=False),
+        **MYSQL_TABLE_OPTIONS,
     )
     op.create_index(
         "ix_cloaca_schedules_due", "cloaca_schedules", ["enabled", "registered", "next_poll_at"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from cloaca_celery.sqlstore import UTCDateTime
+from cloaca_celery.sqlstore import MYSQL_TABLE_OPTIONS, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"
@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("running_at", UTCDateTime, nullable=True),
         sa.Column("completed_at", UTCDateTime, nullable=True),
         sa.Column("error", sa.Text, nullable=True),
+        **MYSQL_TABLE_OPTIONS,
     )
     op.create_index("ix_cloaca_executions_trigger", "cloaca_executions", ["trigger_name", "started_at"])
     op.create_index("ix_cloaca_executions_status", "cloaca_executions", ["status", "started_at"])
@@ -45,6 +46,7 @@ def upgrade() -> None:
         sa.Column("execution_id", sa.String(36), nullable=False),
         sa.Column("claimed_at", sa.Double, nullable=False),
         sa.Column("expires_at", sa.Double, nullable=False),
+        **MYSQL_TABLE_OPTIONS,
     )
     op.create_index("ix_cloaca_claims_execution", "cloaca_claims", ["execution_id"])
 

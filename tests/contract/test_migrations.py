@@ -1,0 +1,269 @@
+"""The Alembic migrations shipped in cloaca_celery/migrations, on every backend.
+
+Each test starts from an empty database (``backend`` in ``conftest.py``) and
+migrates it with the engine cloaca itself uses (``SqlStore(...).engine``).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, event, inspect, text
+
+from cloaca_celery.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
+from cloaca_celery.sqlstore import metadata
+from tests.contract.conftest import Backend
+
+CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims"}
+
+
+def schema_diff(engine: Engine) -> list[Any]:
+    """What autogenerate would change to make the database match ``sqlstore.metadata``."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
+        )
+        return list(compare_metadata(context, metadata))
+
+
+def revision_of(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return current_revision(conn)
+
+
+def table_names(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names())
+
+
+def test_head_is_0002() -> None:
+    assert head_revision() == "0002"
+
+
+def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
+    engine = backend.store().engine
+    upgrade(engine)
+    assert revision_of(engine) == head_revision()
+    assert table_names(engine) == CLOACA_TABLES | {VERSION_TABLE}
+    assert schema_diff(engine) == []
+
+
+def test_indexes_of_head(backend: Backend) -> None:
+    engine = backend.store().engine
+    upgrade(engine)
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        expected = {index.name: [c.name for c in index.columns] for index in table.indexes}
+        found = {
+            index["name"]: index["column_names"]
+            for index in inspector.get_indexes(table.name)
+            if index["name"] in expected
+        }
+        assert found == expected, table.name
+        primary = inspector.get_pk_constraint(table.name)["constrained_columns"]
+        assert primary == [c.name for c in table.primary_key.columns], table.name
+
+
+def _insert_0001_schedule(engine: Engine, dialect: str) -> None:
+    """A schedule row as revision 0001 knew it, written with plain SQL."""
+    # SQLAlchemy's storage format on SQLite; naive UTC on MySQL/MariaDB; timestamptz on PostgreSQL.
+    stamp = "2025-11-28 12:00:34.250000" + ("+00:00" if dialect == "postgresql" else "")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO cloaca_schedules (trigger_name, workflow, poll_interval, allow_concurrent,"
+                " enabled, registered, next_poll_at, consecutive_errors, last_error, state, state_version,"
+                " created_at, updated_at, last_poll_at)"
+                " VALUES (:name, :workflow, :interval, :concurrent, :enabled, :registered, :next_poll_at,"
+                " :errors, :last_error, :state, :version, :stamp, :stamp, :stamp)"
+            ),
+            {
+                "name": "legacy", "workflow": "ship", "interval": 5.0, "concurrent": False,
+                "enabled": False, "registered": True, "next_poll_at": 1_764_331_200.0, "errors": 2,
+                "last_error": "ValueError: old", "state": '{"cursor": 41}', "version": 3, "stamp": stamp,
+            },
+        )
+
+
+def test_upgrade_from_0001_keeps_rows_and_adds_dedup_count(backend: Backend) -> None:
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine, "0001")
+    assert revision_of(engine) == "0001"
+    assert table_names(engine) == {"cloaca_schedules", VERSION_TABLE}
+    _insert_0001_schedule(engine, engine.dialect.name)
+
+    upgrade(engine)
+    assert revision_of(engine) == head_revision()
+    assert schema_diff(engine) == []
+    with engine.connect() as conn:
+        count, dedup = conn.execute(text("SELECT COUNT(*), MAX(dedup_count) FROM cloaca_schedules")).one()
+    assert (count, dedup) == (1, 0)
+
+    row = store.get_schedule("legacy")
+    assert (row["workflow"], row["poll_interval"]) == ("ship", 5.0)
+    assert (row["enabled"], row["registered"]) == (False, True)
+    assert (row["consecutive_errors"], row["last_error"]) == (2, "ValueError: old")
+    assert row["state"] == {"cursor": 41}
+    assert row["dedup_count"] == 0
+    assert row["last_poll_at"] == datetime(2025, 11, 28, 12, 0, 34, 250_000, tzinfo=timezone.utc)
+    assert row["created_at"] == row["last_poll_at"]
+    store.set_enabled("legacy", True)
+    assert store.get_schedule("legacy")["enabled"] is True
+
+
+def test_upgrade_twice_is_a_no_op(backend: Backend) -> None:
+    engine = backend.store().engine
+    upgrade(engine)
+    _insert_0001_schedule(engine, engine.dialect.name)
+
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        upgrade(engine)
+        upgrade(engine, "head")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    writes = [
+        s for s in statements
+        if s.lstrip().split(" ", 1)[0].upper() in ("CREATE", "ALTER", "DROP", "INSERT", "UPDATE", "DELETE")
+    ]
+    assert writes == []
+    assert revision_of(engine) == head_revision()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT trigger_name FROM cloaca_schedules")).scalars().all() == ["legacy"]
+
+
+def test_ensure_schema_twice_is_a_no_op(backend: Backend) -> None:
+    first, second = backend.store(), backend.store()
+    first.ensure_schema()
+    first.ensure_schema()
+    second.ensure_schema()
+    assert revision_of(first.engine) == head_revision()
+    assert schema_diff(first.engine) == []
+
+
+def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
+    """Workers and beats start together: three upgrade() calls at once all succeed, once."""
+    engines = [backend.store().engine for _ in range(3)]
+    barrier = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def run(engine: Engine) -> None:
+        try:
+            barrier.wait(timeout=30)
+            upgrade(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "an upgrade hung"
+    assert errors == []
+    assert revision_of(engines[0]) == head_revision()
+    assert schema_diff(engines[0]) == []
+    with engines[0].connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
+
+
+def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
+    engine = backend.store().engine
+    upgrade(engine)
+    names = table_names(engine)
+    assert VERSION_TABLE in names
+    assert "alembic_version" not in names
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
+
+
+def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:
+    """A project that uses Alembic itself keeps its ``alembic_version`` untouched."""
+    engine = backend.engine()
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('project_rev_7')"))
+    store_engine = backend.store().engine
+    upgrade(store_engine)
+
+    assert revision_of(store_engine) == head_revision()
+    with engine.connect() as conn:
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert versions == ["project_rev_7"]
+    assert table_names(engine) == CLOACA_TABLES | {VERSION_TABLE, "alembic_version"}
+
+
+@pytest.mark.parametrize("target", ["0001", "0002"])
+def test_upgrade_to_a_revision_stops_there(backend: Backend, target: str) -> None:
+    engine = backend.store().engine
+    upgrade(engine, target)
+    assert revision_of(engine) == target
+    expected = {"cloaca_schedules"} if target == "0001" else CLOACA_TABLES
+    assert table_names(engine) == expected | {VERSION_TABLE}
+
+
+def test_mariadb_migration_lock_is_held_until_the_new_version_is_committed(mariadb_backend: Backend) -> None:
+    """The second upgrader must not read the version until the first one's commit.
+
+    The first upgrader's commit is held (an engine ``commit`` event) until the
+    second upgrader has either read the version table after taking the lock
+    (the bug) or is seen waiting for the lock in the process list (correct).
+    """
+    first, second = mariadb_backend.store().engine, mariadb_backend.store().engine
+    watcher = mariadb_backend.engine()
+    database = first.url.database
+    upgrade(first, "0001")
+
+    locked = threading.Event()
+    read_version_under_lock = threading.Event()
+    errors: list[BaseException] = []
+
+    def after_execute(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "GET_LOCK" in statement and "RELEASE_LOCK" not in statement:
+            locked.set()
+        elif locked.is_set() and VERSION_TABLE in statement and statement.lstrip()[:6].upper() == "SELECT":
+            read_version_under_lock.set()
+
+    event.listen(second, "after_cursor_execute", after_execute)
+
+    def run_second() -> None:
+        try:
+            upgrade(second)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    racer = threading.Thread(target=run_second)
+
+    def second_waits_for_the_lock() -> bool:
+        with watcher.connect() as conn:
+            return bool(conn.execute(
+                text("SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                     " WHERE DB = :db AND STATE = 'User lock' AND INFO LIKE '%GET_LOCK%'"),
+                {"db": database},
+            ).scalar())
+
+    def hold_commit(conn: Any) -> None:
+        if racer.ident is not None:
+            return
+        racer.start()
+        for _ in range(1500):  # at most ~30 s
+            if read_version_under_lock.wait(0.02) or second_waits_for_the_lock():
+                return
+        raise AssertionError("the second upgrader neither read the version nor waited for the lock")
+
+    event.listen(first, "commit", hold_commit)
+    upgrade(first)
+    racer.join(timeout=120)
+    assert not racer.is_alive()
+    assert errors == []
+    assert revision_of(first) == head_revision()
