@@ -16,12 +16,12 @@ import threading
 import time
 import weakref
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
 
 from .dispatch import DISPATCH_TASK, POLL_TASK, DispatchSchedule, auto_dispatch_interval, dispatch_due
+from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
 from .logs import quiet_plumbing_logs
 from .polling import COMPLETE_TASK, FAILED_TASK, Poller, spec_of
@@ -211,29 +211,6 @@ def _django_cloaca_ready() -> bool:
     except ImportError:
         return False
     return bool(apps.ready and apps.is_installed("django_cloaca"))
-
-
-def apply_embedded_defaults(conf: Any, home: Path) -> None:
-    """Broker in a folder (kombu ``filesystem://``), results in SQLite, under ``home``."""
-    home = home.resolve()
-    queue_dir = home / "broker" / "queue"
-    control_dir = home / "broker" / "control"
-    processed_dir = home / "broker" / "processed"
-    for folder in (queue_dir, control_dir, processed_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    conf.broker_url = "filesystem://localhost/"
-    options = dict(conf.broker_transport_options or {})
-    options.setdefault("data_folder_in", str(queue_dir))
-    options.setdefault("data_folder_out", str(queue_dir))
-    options.setdefault("control_folder", str(control_dir))
-    options.setdefault("processed_folder", str(processed_dir))
-    options.setdefault("polling_interval", 0.02)
-    conf.broker_transport_options = options
-    if not conf.get("result_backend"):
-        conf.result_backend = f"db+sqlite:///{home / 'results.db'}"
-    if not conf.get("beat_schedule_filename") or conf.get("beat_schedule_filename") == "celerybeat-schedule":
-        conf.beat_schedule_filename = str(home / "celerybeat-schedule")
-    logger.debug("cloaca: embedded default in %s", home)
 
 
 def get_installation(app: Celery) -> Installation:

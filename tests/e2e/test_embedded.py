@@ -28,6 +28,6 @@ def test_embedded_default_polls_and_runs_the_workflow_without_any_server(
     data = json.loads(result[0].read_text())
     assert data["name"] == "hello" and data["size"] == 11 and data["trigger_name"] == "inbox_watcher"
     log = worker.log()
-    assert "filesystem://" in log and "results.db" in log
+    assert "cloaca_celery.embedded:Transport" in log and "results.db" in log
     assert (home / "cloaca.db").exists() and (home / "broker" / "queue").is_dir()
     assert "Traceback" not in log, log

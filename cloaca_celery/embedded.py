@@ -1,0 +1,69 @@
+"""The embedded default: broker, results and store in one local folder, no server.
+
+The broker is kombu's ``filesystem://`` transport with one change: a message
+file is written under a temporary name and renamed into the queue folder, so
+a consumer never picks up a file that a producer is still writing (kombu's own
+transport creates the file first and writes it after, and a consumer that
+moves it in between reads an empty message and its loop dies).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps as kombu_dumps
+
+logger = logging.getLogger("cloaca_celery.embedded")
+
+TRANSPORT = "cloaca_celery.embedded:Transport"
+
+
+class Channel(filesystem.Channel):  # type: ignore[misc]
+    """A filesystem channel whose messages appear in the queue folder whole."""
+
+    def _put(self, queue: Any, message: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f"partial-{uuid.uuid4().hex}.tmp")
+        try:
+            with open(partial, "wb") as handle:
+                handle.write(str_to_bytes(kombu_dumps(message)))
+            os.replace(partial, final)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+
+class Transport(filesystem.Transport):  # type: ignore[misc]
+    Channel = Channel
+
+
+def apply_embedded_defaults(conf: Any, home: Path) -> None:
+    """Broker in a folder (this module's transport), results in SQLite, under ``home``."""
+    home = home.resolve()
+    queue_dir = home / "broker" / "queue"
+    control_dir = home / "broker" / "control"
+    processed_dir = home / "broker" / "processed"
+    for folder in (queue_dir, control_dir, processed_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    conf.broker_url = "filesystem://localhost/"
+    conf.broker_transport = TRANSPORT
+    options = dict(conf.broker_transport_options or {})
+    options.setdefault("data_folder_in", str(queue_dir))
+    options.setdefault("data_folder_out", str(queue_dir))
+    options.setdefault("control_folder", str(control_dir))
+    options.setdefault("processed_folder", str(processed_dir))
+    options.setdefault("polling_interval", 0.02)
+    conf.broker_transport_options = options
+    if not conf.get("result_backend"):
+        conf.result_backend = f"db+sqlite:///{home / 'results.db'}"
+    if conf.get("beat_schedule_filename") in (None, "", "celerybeat-schedule"):
+        conf.beat_schedule_filename = str(home / "celerybeat-schedule")
+    logger.debug("cloaca: embedded default in %s", home)
