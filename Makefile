@@ -20,7 +20,7 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	@echo "--- django_cloaca again, on PostgreSQL ---"
-	CLOACA_TEST_DJANGO_DB=postgresql $(BIN)/python -m pytest tests/djangoapp $(PYTEST_ARGS)
+	CLOACA_TEST_DJANGO_DB=postgresql $(BIN)/python -m pytest tests/djangoapp tests/contract -k "django or not contract" $(PYTEST_ARGS)
 	DJANGO_SETTINGS_MODULE=tests.django_project.settings $(BIN)/python -m django makemigrations --check --dry-run django_cloaca
 
 demo: $(STAMP)

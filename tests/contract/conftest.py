@@ -29,7 +29,9 @@ from sqlalchemy.engine import make_url
 from cloaca_celery.sqlstore import SqlStore
 from tests.services import MARIADB_URL, POSTGRES_URL, need_mariadb, need_postgres
 
-BACKENDS = ("sqlite", "postgresql", "mariadb")
+BACKENDS = ("sqlite", "postgresql", "mariadb", "django")
+"""``django`` is django_cloaca's ORM store on the Django test database (SQLite, or
+PostgreSQL with CLOACA_TEST_DJANGO_DB=postgresql)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,9 +39,25 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "known_bug(*backends, reason): strict xfail on the named backends (a bug the contract suite found)",
     )
+    config.addinivalue_line("markers", "sql_only: looks inside SqlStore (SQLAlchemy); not run on django")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_django = callspec is not None and callspec.params.get("backend") == "django"
+        sql_only = item.get_closest_marker("sql_only") or item.module.__name__.endswith("test_migrations")
+        if on_django and sql_only:
+            dropped.append(item)  # SQLAlchemy internals or Alembic: not part of the Store contract
+        else:
+            if on_django:
+                item.add_marker(pytest.mark.django_db(transaction=True))
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
     for item in items:
         callspec = getattr(item, "callspec", None)
         if callspec is None or "backend" not in callspec.params:
@@ -69,17 +87,25 @@ class Backend:
         return engine
 
     def store(self) -> SqlStore:
-        """A new ``SqlStore`` on a new engine, as another process would open it.
+        """A new store on a new engine, as another process would open it (``django``: a DjangoStore).
 
         SQLite and MariaDB go through the URL (the engine cloaca tunes itself:
         WAL and ``BEGIN IMMEDIATE`` on SQLite); PostgreSQL gets an engine whose
         connections use the test's schema, passed as ``SqlStore(engine)``.
         """
+        if self.name == "django":
+            from django_cloaca.store import DjangoStore
+
+            return DjangoStore()  # type: ignore[return-value]
         store = SqlStore(self.engine()) if self.name == "postgresql" else SqlStore(self.url)
         self.engines.append(store.engine)
         return store
 
     def dispose(self) -> None:
+        if self.name == "django":
+            from django.db import connections
+
+            connections.close_all()
         for engine in self.engines:
             engine.dispose()
         self.engines.clear()
@@ -131,6 +157,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     """An empty, isolated database (no cloaca tables yet) on each backend."""
     if request.param == "sqlite":
         yield from _sqlite_backend(tmp_path)
+    elif request.param == "django":
+        backend = Backend("django", "django://default")
+        try:
+            yield backend
+        finally:
+            backend.dispose()
     elif request.param == "postgresql":
         yield from _postgresql_backend()
     else:

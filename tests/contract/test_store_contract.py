@@ -490,6 +490,7 @@ def test_claims_are_per_trigger_and_context_hash(store: SqlStore) -> None:
     assert len(store.execution_history("invoices")) == 2
 
 
+@pytest.mark.sql_only
 @pytest.mark.parametrize("status", FINAL_STATUSES)
 def test_finishing_an_execution_releases_its_claim(store: SqlStore, status: str) -> None:
     first = new_execution()
@@ -534,6 +535,7 @@ def test_concurrent_takeover_of_an_expired_claim_has_one_winner(backend: Backend
     assert store.record_fire(new_execution(), T0 + 500, T0 + 130) is True
 
 
+@pytest.mark.sql_only
 def test_a_claim_whose_execution_ended_is_taken_over(store: SqlStore) -> None:
     """A claim left behind by an execution that ended without releasing it does not block."""
     first = new_execution()
@@ -680,6 +682,7 @@ def test_active_executions_filters_and_is_oldest_first(store: SqlStore) -> None:
     assert running["task_ids"] == made[3].task_ids
 
 
+@pytest.mark.sql_only
 def test_prune_executions_deletes_old_ended_rows_in_batches(store: SqlStore) -> None:
     cutoff = D0 + timedelta(days=30)
     old = [new_execution(context={"n": i}, started_at=D0 + timedelta(minutes=i)) for i in range(5)]
