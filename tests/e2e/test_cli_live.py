@@ -1,0 +1,61 @@
+"""The CLI against running processes: `poll --fire` goes through a real worker's cloaca.poll,
+and `disable` stops a running trigger from its next interval, with no restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import APPS, REPO, CeleryProject, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_", "E2E_"))}
+    full.update(env, PYTHONPATH=os.pathsep.join([str(APPS), str(REPO)]))
+    return subprocess.run([sys.executable, "-m", "celery", "-A", "e2e_app", "cloaca", *args],
+                          env=full, cwd=cwd, capture_output=True, text=True, timeout=90)
+
+
+def test_poll_fire_runs_through_a_worker_and_disable_takes_effect_live(
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    env = {
+        "E2E_REDIS_URL": redis_url,
+        "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
+        "E2E_TRIGGERS": "fire_linear,every_500ms",
+    }
+    project = launch("e2e_app", **env)
+    project.worker(concurrency=2).wait_for_log("ready", timeout=30)
+
+    # Without beat nothing polls; `poll --fire` sends the real cloaca.poll and prints its report.
+    redis_client.rpush("inbox:linear", "by-hand")
+    done = _cli(env, tmp_path, "poll", "fire_linear", "--fire")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "fired" and report["trigger_name"] == "fire_linear"
+    finished = wait_until(lambda: redis_client.lrange("wf:linear:done", 0, -1), 30, "the workflow", project)
+    assert json.loads(finished[0])["item"] == "by-hand"
+    history = _cli(env, tmp_path, "history", "fire_linear")
+    assert report["execution_id"] in history.stdout
+
+    # With beat running, `disable` stops the polls at the next interval; `enable` resumes them.
+    project.beat()
+    wait_until(lambda: redis_client.llen("polls:every_500ms") >= 3, 30, "polls of every_500ms", project)
+    assert _cli(env, tmp_path, "disable", "every_500ms").returncode == 0
+    time.sleep(1.0)  # a poll already dispatched before the switch may still run
+    paused_at = redis_client.llen("polls:every_500ms")
+    time.sleep(2.5)
+    assert redis_client.llen("polls:every_500ms") == paused_at, "a disabled trigger was polled"
+    assert _cli(env, tmp_path, "enable", "every_500ms").returncode == 0
+    wait_until(lambda: redis_client.llen("polls:every_500ms") >= paused_at + 3, 20, "polling to resume",
+               project)
