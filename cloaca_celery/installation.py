@@ -213,6 +213,14 @@ def _django_cloaca_ready() -> bool:
     return bool(apps.ready and apps.is_installed("django_cloaca"))
 
 
+def installed_on(app: Any) -> Installation | None:
+    """The installation of ``app``, or ``None`` if cloaca is not installed on it."""
+    try:
+        return _installed.get(app)
+    except TypeError:
+        return None
+
+
 def get_installation(app: Celery) -> Installation:
     """The installation of ``app``; ``ConfigurationError`` if install() was not called."""
     try:

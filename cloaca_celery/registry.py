@@ -8,7 +8,9 @@ SIGKILLed, the broker lost a message) the sweep asks the result backend about
 every task of the execution:
 
 * a FAILURE or REVOKED task, or a SUCCESS of the final task, ends it;
-* a task STARTED on a worker that no longer answers a ping ends it as ``lost``;
+* a task STARTED that its worker no longer reports as active ends it as ``lost``
+  (a dead worker does not answer; one restarted under the same name does not
+  list a task of its previous life);
 * nothing started or finished for ``claim_grace`` (unknown past the grace
   period) ends it as ``lost``;
 * without a result backend only ``claim_ttl`` bounds it.
@@ -58,13 +60,16 @@ def _date_done(meta: dict[str, Any]) -> datetime | None:
 
 
 def assess(
-    execution: dict[str, Any], metas: dict[str, dict[str, Any]], alive_hosts: set[str] | None,
+    execution: dict[str, Any], metas: dict[str, dict[str, Any]], active_ids: set[str] | None,
     now: datetime, grace: float,
 ) -> Verdict | None:
     """Decide an execution's end from its tasks' result-backend states; ``None`` if it may still run.
 
-    ``alive_hosts`` is the set of worker hostnames that answered a ping, or
-    ``None`` when pinging is not possible (then a STARTED task counts as alive).
+    ``active_ids`` are the ids of the tasks that the workers named in the
+    STARTED states report as executing right now (``inspect().active()``),
+    or ``None`` when workers cannot be asked (then a STARTED task counts as
+    running). A worker restarted under the same name does not report a task
+    its previous process was running, so that task is known dead.
     """
     task_ids: list[str] = execution["task_ids"]
     final_id = execution["execution_id"]
@@ -80,15 +85,13 @@ def assess(
         return Verdict("succeeded", None)
     if final.get("status") == states.FAILURE:
         return Verdict("failed", f"recording the end failed: {final.get('result')!r}")
-    running = [m for m in metas.values() if m.get("status") in (states.STARTED, states.RETRY)]
+    running = {tid: m for tid, m in metas.items() if m.get("status") in (states.STARTED, states.RETRY)}
     if running:
-        if alive_hosts is None:
+        if active_ids is None or running.keys() & active_ids:
             return None
-        hosts = {str((m.get("result") or {}).get("hostname", "")) for m in running
-                 if isinstance(m.get("result"), dict)}
-        if hosts & alive_hosts or not hosts:
-            return None
-        return Verdict("lost", f"worker {', '.join(sorted(hosts))} stopped answering while running a step")
+        hosts = sorted({str((m.get("result") or {}).get("hostname", "?")) for m in running.values()
+                        if isinstance(m.get("result"), dict)})
+        return Verdict("lost", f"its running step is no longer active on worker {', '.join(hosts) or '?'}")
     last_activity: datetime = execution["started_at"]
     for meta in metas.values():
         done = _date_done(meta)
@@ -100,20 +103,32 @@ def assess(
     return None
 
 
-def _ping(app: Celery, hosts: set[str]) -> set[str] | None:
+def _active_task_ids(app: Celery, hosts: set[str]) -> set[str] | None:
+    """Ids of the tasks the named workers are executing now; ``None`` if they cannot be asked."""
     if not hosts:
         return set()
     if app.conf.get("worker_enable_remote_control") is False:
         return None
     try:
-        replies = app.control.ping(destination=sorted(hosts), timeout=1.0)
-    except Exception as exc:  # noqa: BLE001 - a broker without broadcast cannot ping
-        logger.debug("sweep: ping not possible (%s); relying on cloaca_claim_ttl", exc)
+        replies = app.control.inspect(destination=sorted(hosts), timeout=1.0).active()
+    except Exception as exc:  # noqa: BLE001 - a broker without broadcast cannot answer
+        logger.debug("sweep: workers cannot be asked (%s); relying on cloaca_claim_ttl", exc)
         return None
-    alive: set[str] = set()
-    for reply in replies or []:
-        alive.update(reply)
-    return alive
+    active: set[str] = set()
+    for tasks in (replies or {}).values():
+        for task in tasks or []:
+            if isinstance(task, dict) and task.get("id"):
+                active.add(str(task["id"]))
+    return active
+
+
+def _moved_on(backend: Any, execution: dict[str, Any], seen: dict[str, dict[str, Any]]) -> bool:
+    """Whether any task's state changed since ``seen`` was read (or cannot be read now)."""
+    try:
+        return any(backend.get_task_meta(tid).get("status") != seen.get(tid, {}).get("status")
+                   for tid in execution["task_ids"])
+    except Exception:  # noqa: BLE001 - unknown: decide at the next sweep
+        return True
 
 
 def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = None) -> int:
@@ -145,14 +160,18 @@ def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = 
         for meta in per_task.values():
             if meta.get("status") in (states.STARTED, states.RETRY) and isinstance(meta.get("result"), dict):
                 started_hosts.add(str(meta["result"].get("hostname", "")))
-    alive = _ping(app, started_hosts) if started_hosts else set()
+    active = _active_task_ids(app, started_hosts) if started_hosts else set()
     for execution in candidates:
         age = (now - execution["started_at"]).total_seconds()
         verdict: Verdict | None
         if no_backend:
             verdict = None
         else:
-            verdict = assess(execution, metas[execution["execution_id"]], alive, now, settings.claim_grace)
+            verdict = assess(execution, metas[execution["execution_id"]], active, now, settings.claim_grace)
+            if verdict is not None and verdict.status == "lost" and _moved_on(
+                backend, execution, metas[execution["execution_id"]]
+            ):
+                verdict = None  # a step moved on between the two looks: the next sweep decides
         if verdict is None and age > settings.claim_ttl:
             verdict = Verdict("lost", f"still unfinished after {age:.0f}s (setting cloaca_claim_ttl)")
         if verdict is None:

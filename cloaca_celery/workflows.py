@@ -10,19 +10,23 @@ contexts in the order the steps were added.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from celery import Celery, shared_task
+from celery import Celery, current_task, shared_task
 from celery.canvas import Signature, _chain, chain, chord, group
+from celery.exceptions import Ignore
 
 from .context import Context, check_json_value
 from .errors import ConfigurationError, UnknownWorkflowError, WorkflowDefinitionError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("cloaca_celery.workflows")
 
 
 # -- @task ------------------------------------------------------------------
@@ -166,6 +170,8 @@ def task(
 
         def run(context: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
             ctx = Context(merge_contexts(context, f"task {task_id!r}"))
+            if _execution_has_ended(ctx, task_id):
+                raise Ignore()
             return _step_output(fn(ctx), ctx, task_id)
 
         run.__name__ = getattr(fn, "__name__", task_id)
@@ -179,6 +185,38 @@ def task(
         return celery_task
 
     return decorate
+
+
+def _execution_has_ended(context: Context, task_id: str) -> bool:
+    """Whether this step belongs to a fired execution that has already ended.
+
+    A step message can outlive its execution: a worker dies with it prefetched,
+    the sweep ends the execution as ``lost`` (freeing its claim), and the broker
+    redelivers the message later. Running it then would run the same work twice
+    at once, so such a step is skipped (``Ignore``). Outside a fired workflow,
+    or if the store cannot say, the step runs.
+    """
+    execution_id = context.get("execution_id")
+    if not isinstance(execution_id, str) or "trigger_name" not in context:
+        return False
+    from .installation import installed_on
+    from .store import FINAL_STATUSES
+
+    app = getattr(current_task, "app", None)
+    installation = installed_on(app) if app is not None else None
+    if installation is None:
+        return False
+    try:
+        status = installation.store.get_execution(execution_id)["status"]
+    except Exception:  # noqa: BLE001 - unknown (pruned, store down): let the step run
+        return False
+    if status in FINAL_STATUSES:
+        logger.warning(
+            "%s: step %r of execution %s not run: the execution already ended (%s)",
+            context.get("trigger_name"), task_id, execution_id, status,
+        )
+        return True
+    return False
 
 
 def _check_step_signature(fn: Callable[..., Any], task_id: str) -> None:
