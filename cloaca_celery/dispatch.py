@@ -94,8 +94,8 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
             for item in due:
                 remaining = item.poll_interval - (time.time() - now)
                 app.send_task(
-                    POLL_TASK, args=(item.trigger_name,), producer=producer,
-                    expires=max(remaining, 0.05), **options,
+                    POLL_TASK, args=(item.trigger_name,), kwargs={"scheduled": True},
+                    producer=producer, expires=max(remaining, 0.05), **options,
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval

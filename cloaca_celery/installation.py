@@ -299,9 +299,9 @@ def install(app: Celery, **options: Any) -> Installation:
 
 def _register_tasks(app: Celery, installation: Installation) -> None:
     @app.task(name=POLL_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
-    def poll(trigger_name: str) -> dict[str, Any]:
+    def poll(trigger_name: str, scheduled: bool = False) -> dict[str, Any]:
         """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this)."""
-        return installation.poller().poll(trigger_name).as_dict()
+        return installation.poller().poll(trigger_name, scheduled=bool(scheduled)).as_dict()
 
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:

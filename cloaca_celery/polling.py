@@ -156,7 +156,9 @@ class Poller:
         self.settings = settings
         self.store = store
 
-    def poll(self, name: str, *, now: float | None = None) -> PollReport:
+    def poll(self, name: str, *, now: float | None = None, scheduled: bool = False) -> PollReport:
+        """Poll ``name`` once. ``scheduled`` polls (sent by the dispatcher) keep at
+        least half an interval from the previous poll; manual ones do not."""
         try:
             definition = triggers.get(name)
         except UnknownTriggerError as exc:
@@ -166,10 +168,11 @@ class Poller:
         token = uuid.uuid4().hex
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
         try:
-            taken = self.store.begin_poll(name, started, lease_seconds, token)
+            min_gap = definition.poll_interval / 2 if scheduled else None
+            taken = self.store.begin_poll(name, started, lease_seconds, token, min_gap)
             if isinstance(taken, PollRefusal) and taken.reason == "missing":
                 self.store.sync_triggers([spec_of(definition)], started, prune=False)
-                taken = self.store.begin_poll(name, started, lease_seconds, token)
+                taken = self.store.begin_poll(name, started, lease_seconds, token, min_gap)
         except Exception as exc:  # noqa: BLE001 - an unreachable store: one line, poll again next interval
             logger.warning("%s: not polled: the store is unreachable: %s", name, _first_line(exc))
             return PollReport(name, "not_polled", "store unreachable")

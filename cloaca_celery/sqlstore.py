@@ -366,26 +366,35 @@ class SqlStore:
                     )
         return [DuePoll(r.trigger_name, float(r.poll_interval)) for r in rows]
 
-    def begin_poll(self, name: str, now: float, lease_seconds: float, token: str) -> PollLease | PollRefusal:
+    def begin_poll(
+        self, name: str, now: float, lease_seconds: float, token: str, min_gap: float | None = None
+    ) -> PollLease | PollRefusal:
         t = schedules
+        conditions = [
+            t.c.trigger_name == name,
+            t.c.enabled.is_(True),
+            or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
+        ]
+        if min_gap:
+            conditions.append(or_(t.c.last_poll_at.is_(None), t.c.last_poll_at <= _utc(now - min_gap)))
         with self.engine.begin() as conn:
             taken = conn.execute(
                 update(t)
-                .where(
-                    t.c.trigger_name == name,
-                    t.c.enabled.is_(True),
-                    or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
-                )
+                .where(*conditions)
                 .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
             ).rowcount
             row = conn.execute(
-                select(t.c.enabled, t.c.state, t.c.state_version, t.c.consecutive_errors)
+                select(t.c.enabled, t.c.state, t.c.state_version, t.c.consecutive_errors,
+                       t.c.poll_lease_until)
                 .where(t.c.trigger_name == name)
             ).first()
         if row is None:
             return PollRefusal(name, "missing")
         if not taken:
-            return PollRefusal(name, "running" if row.enabled else "disabled")
+            if not row.enabled:
+                return PollRefusal(name, "disabled")
+            leased = row.poll_lease_until is not None and row.poll_lease_until >= now
+            return PollRefusal(name, "running" if leased else "too_soon")
         return PollLease(
             trigger_name=name, token=token, until=now + lease_seconds,
             state=dict(row.state or {}), state_version=int(row.state_version),

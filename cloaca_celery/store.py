@@ -47,7 +47,7 @@ class PollLease:
 
 @dataclass(frozen=True)
 class PollRefusal:
-    """Why a poll did not start: ``disabled``, ``running`` (overlap) or ``missing``."""
+    """Why a poll did not start: ``disabled``, ``running`` (overlap), ``too_soon`` or ``missing``."""
 
     trigger_name: str
     reason: str
@@ -107,8 +107,16 @@ class Store(Protocol):
         """
         ...
 
-    def begin_poll(self, name: str, now: float, lease_seconds: float, token: str) -> PollLease | PollRefusal:
-        """Start a poll if the trigger is enabled and no other poll of it runs."""
+    def begin_poll(
+        self, name: str, now: float, lease_seconds: float, token: str, min_gap: float | None = None
+    ) -> PollLease | PollRefusal:
+        """Start a poll if the trigger is enabled and no other poll of it runs.
+
+        With ``min_gap`` (scheduled polls: half the interval), a poll that
+        would start within ``min_gap`` seconds of the previous one is refused
+        as ``too_soon``: a poll that ran late is not followed at once by the
+        next slot's poll.
+        """
         ...
 
     def finish_poll(self, lease: PollLease, outcome: PollOutcome, now: float) -> bool:

@@ -145,16 +145,28 @@ class DjangoStore:
                 won.append(DuePoll(name, float(interval)))
         return won
 
-    def begin_poll(self, name: str, now: float, lease_seconds: float, token: str) -> PollLease | PollRefusal:
+    def begin_poll(
+        self, name: str, now: float, lease_seconds: float, token: str, min_gap: float | None = None
+    ) -> PollLease | PollRefusal:
         rows = TriggerSchedule.objects.using(self.using)
-        taken = rows.filter(pk=name, enabled=True).filter(
+        candidates = rows.filter(pk=name, enabled=True).filter(
             Q(poll_lease_until__isnull=True) | Q(poll_lease_until__lt=now)
-        ).update(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
-        row = rows.filter(pk=name).values("enabled", "state", "state_version", "consecutive_errors").first()
+        )
+        if min_gap:
+            candidates = candidates.filter(
+                Q(last_poll_at__isnull=True) | Q(last_poll_at__lte=_utc(now - min_gap))
+            )
+        taken = candidates.update(poll_lease_until=now + lease_seconds, poll_token=token,
+                                  last_poll_at=_utc(now))
+        row = rows.filter(pk=name).values(
+            "enabled", "state", "state_version", "consecutive_errors", "poll_lease_until").first()
         if row is None:
             return PollRefusal(name, "missing")
         if not taken:
-            return PollRefusal(name, "running" if row["enabled"] else "disabled")
+            if not row["enabled"]:
+                return PollRefusal(name, "disabled")
+            leased = row["poll_lease_until"] is not None and row["poll_lease_until"] >= now
+            return PollRefusal(name, "running" if leased else "too_soon")
         return PollLease(
             trigger_name=name, token=token, until=now + lease_seconds,
             state=dict(row["state"] or {}), state_version=int(row["state_version"]),

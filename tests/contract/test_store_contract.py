@@ -358,6 +358,18 @@ def test_begin_poll_refuses_disabled_and_missing_triggers(store: SqlStore) -> No
     assert isinstance(store.begin_poll("orders", T0, LEASE, "tok"), PollLease)
 
 
+def test_a_scheduled_poll_keeps_its_distance_from_the_previous_one(store: SqlStore) -> None:
+    """With min_gap (scheduled polls), a poll right after a late one is refused as too soon."""
+    store.sync_triggers([spec("orders", 1.0)], T0)
+    late = lease_of(store, "orders", T0 + 0.9)
+    assert store.finish_poll(late, PollOutcome(), T0 + 0.95) is True
+    assert store.begin_poll("orders", T0 + 1.2, LEASE, "tok-2", 0.5) == PollRefusal("orders", "too_soon")
+    assert isinstance(store.begin_poll("orders", T0 + 1.2, LEASE, "tok-3"), PollLease)  # manual: allowed
+    assert store.get_schedule("orders")["last_poll_at"] == utc(T0 + 1.2)
+    third = store.begin_poll("orders", T0 + 1.8, LEASE, "tok-4", 0.5)
+    assert third == PollRefusal("orders", "running")  # tok-3 holds the lease
+
+
 def test_finish_poll_releases_the_lease(store: SqlStore) -> None:
     store.sync_triggers([spec("orders")], T0)
     lease = lease_of(store, "orders", T0)
