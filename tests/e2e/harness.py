@@ -57,6 +57,12 @@ class CeleryProcess:
             time.sleep(0.05)
         raise AssertionError(f"{self.name}: {text!r} not logged within {timeout}s:\n{self.log()[-4000:]}")
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (main process and pool children): a crash."""
+        _signal_group(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is None:
             _signal_group(self.pid, signal.SIGTERM)
