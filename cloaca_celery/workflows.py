@@ -70,8 +70,12 @@ class TaskRegistry:
                 self._objects.append(obj)
 
     def resolve(self, ref: object) -> TaskSpec | None:
-        """The spec for a task id or a ``@task``-decorated object, if known."""
-        if isinstance(ref, str):
+        """The spec for a task id or a ``@task``-decorated object, if known.
+
+        ``type()`` rather than ``isinstance()``: a ``@task`` object is a Celery
+        proxy, and ``isinstance`` would evaluate it against the current app.
+        """
+        if type(ref) is str:
             return self._by_id.get(ref)
         return self._by_object.get(id(ref))
 
@@ -141,7 +145,7 @@ def task(
     """
     if callable(id) and not isinstance(id, str):
         raise ConfigurationError("@task needs parentheses: write @task() or @task(id='...')")
-    deps_given = list(dependencies) if not isinstance(dependencies, str) else [dependencies]
+    deps_given = [dependencies] if type(dependencies) is str else list(dependencies)
 
     def decorate(fn: F) -> Any:
         if not callable(fn):
@@ -152,7 +156,7 @@ def task(
         _check_step_signature(fn, task_id)
         dep_ids: list[str] = []
         for dep in deps_given:
-            if isinstance(dep, str):
+            if type(dep) is str:
                 dep_ids.append(dep)
                 continue
             spec = tasks.resolve(dep)

@@ -12,6 +12,18 @@ from cloaca_celery.workflows import tasks, workflows
 
 
 @pytest.fixture(autouse=True)
+def keep_current_celery_app() -> Iterator[None]:
+    """A test that creates a Celery app must not leave it as everyone's current app."""
+    from celery import _state
+
+    current = _state.get_current_app()
+    default = _state.default_app
+    yield
+    _state.default_app = default
+    _state._set_current_app(current)
+
+
+@pytest.fixture(autouse=True)
 def clean_registries() -> Iterator[None]:
     """Each test starts with the registries it found and leaves them so."""
     saved_triggers = dict(triggers._items)

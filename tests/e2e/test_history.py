@@ -153,7 +153,7 @@ def test_revoked_step_ends_revoked_and_releases_the_claim(
     stepper = project.worker("-Q", "e2e.steps", concurrency=1, name="stepper")
     project.beat()
     _wait_ready(project)
-    client = Celery("e2e-client", broker=redis_url, backend=redis_url)
+    client = Celery("e2e-client", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
         # Occupy the only process of the steps worker, so the workflow's first step queues behind it.
         redis_client.set("hold:block", 1)
@@ -201,7 +201,7 @@ def test_terminating_a_running_step_ends_revoked_and_releases_the_claim(
     redis_client.set(f"go:{name}", 1)
     started = wait_until(lambda: _records(redis_client, f"started:{name}"), 20, "the step to start",
                          project)[0]
-    client = Celery("e2e-client", broker=redis_url, backend=redis_url)
+    client = Celery("e2e-client", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
         client.control.revoke(f"{started['execution_id']}-1", terminate=True)
     finally:

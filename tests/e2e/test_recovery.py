@@ -166,7 +166,7 @@ def test_a_step_of_an_execution_declared_lost_never_runs_when_the_broker_redeliv
     project.beat()
     for proc in project.processes[:2]:
         proc.wait_for_log("ready", timeout=30)
-    client = Celery("e2e-client", broker=redis_url, backend=redis_url)
+    client = Celery("e2e-client", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
         # The victim's only process is busy, so the first step waits there, prefetched.
         redis_client.set("hold:block", 1)
@@ -252,6 +252,10 @@ def test_trigger_state_counts_failures_across_worker_processes(
     rows = _history(runner, "health")
     assert sorted(r["context"]["poll"] for r in rows) == fires
     assert all(r["context"]["consecutive_failures"] == 3 and r["context"]["service"] == "api" for r in rows)
-    schedule = runner.get_trigger_schedule("health")
+    # The last poll saves its state just after it reported to Redis: wait for that write.
+    schedule = wait_until(
+        lambda: (row := runner.get_trigger_schedule("health"))["state"] == {"failures": final} and row,
+        10, "the last poll's state to be saved", project,
+    )
     assert schedule["state"] == {"failures": final}
     assert schedule["consecutive_errors"] == 0
