@@ -226,10 +226,16 @@ class DjangoStore:
                             claimed_at=now, expires_at=claim_until,
                         )
                 except IntegrityError:
+                    holder = claims.filter(pk=key).values_list("execution_id", flat=True).first()
+                    if holder is None:
+                        return False  # released meanwhile: this poll lost the race, the next one may win
                     alive = TriggerExecution.objects.using(self.using).filter(
                         execution_id=OuterRef("execution_id"), status__in=ACTIVE_STATUSES
                     )
-                    taken = claims.filter(pk=key).filter(
+                    # The holder's id in the WHERE makes concurrent takeovers exclusive: after the
+                    # first commits, the row no longer matches (a sub-select alone would be judged
+                    # on the old snapshot by PostgreSQL's re-check).
+                    taken = claims.filter(pk=key, execution_id=holder).filter(
                         Q(expires_at__lt=now) | ~Exists(alive)
                     ).update(execution_id=execution.execution_id, claimed_at=now, expires_at=claim_until)
                     if not taken:

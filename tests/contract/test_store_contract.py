@@ -93,6 +93,10 @@ def in_threads(count: int, work: Callable[[int], T]) -> list[T]:
             results[i] = work(i)
         except BaseException as exc:  # noqa: BLE001 - reported to the test below
             errors.append(exc)
+        finally:
+            from django.db import connections  # a thread's Django connection dies with the thread
+
+            connections.close_all()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for thread in threads:
