@@ -92,9 +92,10 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
     try:
         with app.producer_or_acquire() as producer:
             for item in due:
-                remaining = item.poll_interval - (time.time() - now)
+                remaining = item.next_due - time.time()
                 app.send_task(
-                    POLL_TASK, args=(item.trigger_name,), kwargs={"scheduled": True},
+                    POLL_TASK, args=(item.trigger_name,),
+                    kwargs={"scheduled": True, "due": item.due, "next_due": item.next_due},
                     producer=producer, expires=max(remaining, 0.05), **options,
                 )
                 sent += 1

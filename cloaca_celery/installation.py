@@ -299,9 +299,18 @@ def install(app: Celery, **options: Any) -> Installation:
 
 def _register_tasks(app: Celery, installation: Installation) -> None:
     @app.task(name=POLL_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
-    def poll(trigger_name: str, scheduled: bool = False) -> dict[str, Any]:
-        """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this)."""
-        return installation.poller().poll(trigger_name, scheduled=bool(scheduled)).as_dict()
+    def poll(
+        trigger_name: str, scheduled: bool = False, due: float | None = None,
+        next_due: float | None = None,
+    ) -> dict[str, Any]:
+        """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this).
+
+        The dispatcher's polls carry their slot: ``due`` (when it was due, for
+        the record) and ``next_due`` (when the next one is).
+        """
+        slot_end = float(next_due) if scheduled and next_due is not None else None
+        poller = installation.poller()
+        return poller.poll(trigger_name, scheduled=bool(scheduled), next_due=slot_end).as_dict()
 
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:

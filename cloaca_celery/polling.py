@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +26,7 @@ from .results import TriggerResult
 from .settings import Settings
 from .store import NewExecution, PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
 from .triggers import TriggerDefinition, triggers
+from .watchdog import LeaseWatch, watchdog
 from .workflows import workflows
 
 logger = logging.getLogger("cloaca_celery.polling")
@@ -156,9 +157,20 @@ class Poller:
         self.settings = settings
         self.store = store
 
-    def poll(self, name: str, *, now: float | None = None, scheduled: bool = False) -> PollReport:
-        """Poll ``name`` once. ``scheduled`` polls (sent by the dispatcher) keep at
-        least half an interval from the previous poll; manual ones do not."""
+    def poll(
+        self, name: str, *, now: float | None = None, scheduled: bool = False,
+        next_due: float | None = None,
+    ) -> PollReport:
+        """Poll ``name`` once.
+
+        A scheduled poll (sent by the dispatcher for a slot ending at
+        ``next_due``) writes nothing to start: its slot keeps the other
+        scheduled polls away. It writes a lease only if it starts late (less
+        than half an interval before the next slot: that slot then waits until
+        half an interval after this poll started) or is still running shortly
+        before the next slot (the watchdog takes the lease then). Manual polls
+        (CLI, admin, tests) always take a lease.
+        """
         try:
             definition = triggers.get(name)
         except UnknownTriggerError as exc:
@@ -167,21 +179,36 @@ class Poller:
         started = time.time() if now is None else now
         token = uuid.uuid4().hex
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
+        interval = definition.poll_interval
+        hold = next_due is None or started > next_due - interval / 2
         try:
-            min_gap = definition.poll_interval / 2 if scheduled else None
-            taken = self.store.begin_poll(name, started, lease_seconds, token, min_gap)
+            taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold)
             if isinstance(taken, PollRefusal) and taken.reason == "missing":
                 self.store.sync_triggers([spec_of(definition)], started, prune=False)
-                taken = self.store.begin_poll(name, started, lease_seconds, token, min_gap)
+                taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold)
         except Exception as exc:  # noqa: BLE001 - an unreachable store: one line, poll again next interval
             logger.warning("%s: not polled: the store is unreachable: %s", name, _first_line(exc))
             return PollReport(name, "not_polled", "store unreachable")
         if isinstance(taken, PollRefusal):
             logger.debug("%s: not polled (%s)", name, taken.reason)
             return PollReport(name, "not_polled", taken.reason)
-        return self._poll_leased(definition, taken)
+        watch: LeaseWatch | None = None
+        if not taken.held and next_due is not None:
+            margin = min(1.0, max(0.02, interval / 4))
+            store = self.store
 
-    def _poll_leased(self, definition: TriggerDefinition, lease: PollLease) -> PollReport:
+            def take() -> bool:
+                at = time.time()
+                return store.extend_poll_lease(name, token, at + lease_seconds, at)
+
+            watch = watchdog.watch(next_due - margin, take, name)
+        hold_until = started + interval / 2 if scheduled else None
+        return self._poll_leased(definition, taken, watch, hold_until)
+
+    def _poll_leased(
+        self, definition: TriggerDefinition, lease: PollLease, watch: LeaseWatch | None,
+        hold_until: float | None,
+    ) -> PollReport:
         name = definition.name
         state = json.loads(json.dumps(lease.state)) if definition.takes_state else None
         report: PollReport
@@ -223,20 +250,20 @@ class Poller:
                 logger.warning("%s: state not saved: %s", name, exc)
                 if report.status != "fired":
                     report = PollReport(name, "error", str(exc))
+        if watch is not None and watch.cancel():
+            lease = replace(lease, held=True)
         try:
             saved = self.store.finish_poll(
                 lease,
                 PollOutcome(error=error, fired_at=fired_at, state=new_state, deduplicated=deduplicated),
-                time.time(),
+                time.time(), hold_until,
             )
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself; report and go on
             logger.warning("%s: poll outcome not saved: the store is unreachable: %s", name, _first_line(exc))
             return report
         if not saved:
-            logger.warning(
-                "%s: poll outlived its lease (%.0fs); its outcome and state were not saved",
-                name, lease.until - time.time(),
-            )
+            why = "outlived its lease" if lease.held else "found its state changed by another poll"
+            logger.warning("%s: poll %s; its outcome and state were not saved", name, why)
         return report
 
     def _fire(self, definition: TriggerDefinition, result: TriggerResult, fired_at: datetime) -> PollReport:

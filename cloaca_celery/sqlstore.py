@@ -58,6 +58,9 @@ from .store import (
     PollOutcome,
     PollRefusal,
     TriggerSpec,
+    advance,
+    due_poll,
+    lease_refusal,
 )
 
 logger = logging.getLogger("cloaca_celery.sqlstore")
@@ -339,6 +342,7 @@ class SqlStore:
             (t.c.next_poll_at + t.c.poll_interval > now, t.c.next_poll_at + t.c.poll_interval),
             else_=now + t.c.poll_interval,
         )
+        stamped = {"next_poll_at": advanced, "last_poll_at": _utc(now)}
         with self.engine.begin() as conn:
             if self.engine.dialect.update_returning:
                 pick = select(t.c.trigger_name).where(due).order_by(t.c.next_poll_at).limit(limit)
@@ -347,63 +351,77 @@ class SqlStore:
                 rows = conn.execute(
                     update(t)
                     .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now)
-                    .values(next_poll_at=advanced)
-                    .returning(t.c.trigger_name, t.c.poll_interval)
+                    .values(**stamped)
+                    .returning(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at)
                 ).all()
-            else:
-                rows = conn.execute(
-                    select(t.c.trigger_name, t.c.poll_interval)
-                    .where(due)
-                    .order_by(t.c.next_poll_at)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                ).all()
-                if rows:
-                    conn.execute(
-                        update(t)
-                        .where(t.c.trigger_name.in_([r.trigger_name for r in rows]))
-                        .values(next_poll_at=advanced)
-                    )
-        return [DuePoll(r.trigger_name, float(r.poll_interval)) for r in rows]
+                return [due_poll(r.trigger_name, r.poll_interval, r.next_poll_at) for r in rows]
+            picked = conn.execute(
+                select(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at)
+                .where(due)
+                .order_by(t.c.next_poll_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if picked:
+                conn.execute(
+                    update(t).where(t.c.trigger_name.in_([r.trigger_name for r in picked])).values(**stamped)
+                )
+        return [
+            due_poll(r.trigger_name, r.poll_interval, advance(r.next_poll_at, r.poll_interval, now))
+            for r in picked
+        ]
 
     def begin_poll(
-        self, name: str, now: float, lease_seconds: float, token: str, min_gap: float | None = None
+        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
     ) -> PollLease | PollRefusal:
         t = schedules
-        conditions = [
-            t.c.trigger_name == name,
-            t.c.enabled.is_(True),
-            or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
-        ]
-        if min_gap:
-            conditions.append(or_(t.c.last_poll_at.is_(None), t.c.last_poll_at <= _utc(now - min_gap)))
         with self.engine.begin() as conn:
-            taken = conn.execute(
-                update(t)
-                .where(*conditions)
-                .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
-            ).rowcount
+            taken = 0
+            if hold:
+                taken = conn.execute(
+                    update(t)
+                    .where(t.c.trigger_name == name, t.c.enabled.is_(True),
+                           or_(_lease_free(now), t.c.poll_token.is_(None)))
+                    .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
+                ).rowcount
             row = conn.execute(
                 select(t.c.enabled, t.c.state, t.c.state_version, t.c.consecutive_errors,
-                       t.c.poll_lease_until)
+                       t.c.poll_lease_until, t.c.poll_token)
                 .where(t.c.trigger_name == name)
             ).first()
         if row is None:
             return PollRefusal(name, "missing")
-        if not taken:
-            if not row.enabled:
-                return PollRefusal(name, "disabled")
-            leased = row.poll_lease_until is not None and row.poll_lease_until >= now
-            return PollRefusal(name, "running" if leased else "too_soon")
+        refusal = lease_refusal(name, row.enabled, row.poll_lease_until, row.poll_token, now)
+        if hold and not taken:
+            return refusal or PollRefusal(name, "running")
+        if not hold and refusal is not None:
+            return refusal
         return PollLease(
             trigger_name=name, token=token, until=now + lease_seconds,
             state=dict(row.state or {}), state_version=int(row.state_version),
-            consecutive_errors=int(row.consecutive_errors),
+            consecutive_errors=int(row.consecutive_errors), held=hold,
         )
 
-    def finish_poll(self, lease: PollLease, outcome: PollOutcome, now: float) -> bool:
+    def extend_poll_lease(self, name: str, token: str, until: float, now: float) -> bool:
         t = schedules
-        values: dict[str, Any] = {"poll_lease_until": None, "poll_token": None}
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(t)
+                .where(t.c.trigger_name == name, or_(_lease_free(now), t.c.poll_token == token))
+                .values(poll_lease_until=until, poll_token=token)
+            ).rowcount
+        return bool(done)
+
+    def finish_poll(
+        self, lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None = None
+    ) -> bool:
+        t = schedules
+        values: dict[str, Any] = {}
+        conditions = [t.c.trigger_name == lease.trigger_name, t.c.state_version == lease.state_version]
+        if lease.held:
+            kept = hold_until is not None and hold_until > now
+            values.update(poll_lease_until=hold_until if kept else None, poll_token=None)
+            conditions.append(t.c.poll_token == lease.token)
         if outcome.error is not None:
             values.update(
                 consecutive_errors=t.c.consecutive_errors + 1,
@@ -418,16 +436,10 @@ class SqlStore:
             values.update(state=outcome.state, state_version=t.c.state_version + 1)
         if outcome.deduplicated:
             values["dedup_count"] = t.c.dedup_count + 1
+        if not values:
+            return True
         with self.engine.begin() as conn:
-            done = conn.execute(
-                update(t)
-                .where(
-                    t.c.trigger_name == lease.trigger_name,
-                    t.c.poll_token == lease.token,
-                    t.c.state_version == lease.state_version,
-                )
-                .values(**values)
-            ).rowcount
+            done = conn.execute(update(t).where(*conditions).values(**values)).rowcount
         return bool(done)
 
     def list_schedules(self) -> list[dict[str, Any]]:
@@ -577,6 +589,11 @@ class SqlStore:
                 if not ids:
                     return total
                 total += conn.execute(delete(e).where(e.c.execution_id.in_(ids))).rowcount
+
+
+def _lease_free(now: float) -> Any:
+    t = schedules
+    return or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now)
 
 
 def _schedule_dict(row: Any) -> dict[str, Any]:

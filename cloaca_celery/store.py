@@ -27,15 +27,30 @@ class TriggerSpec:
 
 @dataclass(frozen=True)
 class DuePoll:
-    """A trigger whose poll slot the dispatcher has just claimed."""
+    """A trigger whose poll slot the dispatcher has just claimed.
+
+    ``due`` is the slot's time and ``next_due`` the next slot's (the row's new
+    ``next_poll_at``), both epoch seconds. The poll sent for this slot owns the
+    trigger until ``next_due`` without writing anything, unless it runs late
+    or long (see :class:`cloaca_celery.polling.Poller`).
+    """
 
     trigger_name: str
     poll_interval: float
+    due: float = field(default=0.0, compare=False)
+    next_due: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
 class PollLease:
-    """Proof that this poll owns its trigger until ``until`` (epoch seconds)."""
+    """Proof that this poll owns its trigger until ``until`` (epoch seconds).
+
+    ``held`` leases are written on the schedule row (``poll_lease_until``,
+    ``poll_token``) and must be released by :meth:`Store.finish_poll`. A
+    scheduled poll normally starts with an unheld lease: it read the row and
+    wrote nothing, because its slot already keeps every other scheduled poll
+    away until the next one is due.
+    """
 
     trigger_name: str
     token: str
@@ -43,6 +58,7 @@ class PollLease:
     state: dict[str, Any] = field(default_factory=dict)
     state_version: int = 0
     consecutive_errors: int = 0
+    held: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,32 @@ class PollOutcome:
     fired_at: datetime | None = None
     state: dict[str, Any] | None = None
     deduplicated: bool = False
+
+
+def advance(next_poll_at: float, interval: float, now: float) -> float:
+    """The next slot after claiming one: one interval on, or ``now + interval`` if far behind.
+
+    The stores compute the same in SQL; this is for those that read the row first.
+    """
+    following = float(next_poll_at) + float(interval)
+    return following if following > now else now + float(interval)
+
+
+def due_poll(name: str, interval: float, next_due: float) -> DuePoll:
+    """A claimed slot, from the row's new ``next_poll_at``."""
+    interval, next_due = float(interval), float(next_due)
+    return DuePoll(name, interval, due=next_due - interval, next_due=next_due)
+
+
+def lease_refusal(
+    name: str, enabled: bool, lease_until: float | None, token: str | None, now: float
+) -> PollRefusal | None:
+    """Why a poll may not start on a row in this state, or ``None`` if it may."""
+    if not enabled:
+        return PollRefusal(name, "disabled")
+    if lease_until is not None and float(lease_until) >= now:
+        return PollRefusal(name, "running" if token else "too_soon")
+    return None
 
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -108,19 +150,35 @@ class Store(Protocol):
         ...
 
     def begin_poll(
-        self, name: str, now: float, lease_seconds: float, token: str, min_gap: float | None = None
+        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
     ) -> PollLease | PollRefusal:
-        """Start a poll if the trigger is enabled and no other poll of it runs.
+        """Start a poll if the trigger is enabled and no other poll holds it.
 
-        With ``min_gap`` (scheduled polls: half the interval), a poll that
-        would start within ``min_gap`` seconds of the previous one is refused
-        as ``too_soon``: a poll that ran late is not followed at once by the
-        next slot's poll.
+        With ``hold`` the lease is written (until ``now + lease_seconds``,
+        under ``token``) in one conditional UPDATE, and ``last_poll_at`` is
+        stamped. Without it nothing is written: the row is read and the poll
+        is refused if the trigger is disabled or another poll holds a live
+        lease (``running``, or ``too_soon`` for a lease kept after a late poll).
         """
         ...
 
-    def finish_poll(self, lease: PollLease, outcome: PollOutcome, now: float) -> bool:
-        """Release the lease and record the outcome; ``False`` if the lease was lost."""
+    def extend_poll_lease(self, name: str, token: str, until: float, now: float) -> bool:
+        """Hold (or keep holding) the trigger under ``token`` until ``until``.
+
+        Taken only if no other live lease holds it; ``False`` otherwise.
+        """
+        ...
+
+    def finish_poll(
+        self, lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None = None
+    ) -> bool:
+        """Record the outcome and release a held lease; ``False`` if the lease was lost.
+
+        ``hold_until`` keeps the trigger from being polled again before that
+        time (a scheduled poll that started late keeps half an interval from
+        the next). An unheld lease's outcome is written only if the state it
+        read is still current.
+        """
         ...
 
     def list_schedules(self) -> list[dict[str, Any]]:

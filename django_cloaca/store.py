@@ -28,6 +28,9 @@ from cloaca_celery.store import (
     PollOutcome,
     PollRefusal,
     TriggerSpec,
+    advance,
+    due_poll,
+    lease_refusal,
 )
 
 from .models import TriggerClaim, TriggerExecution, TriggerSchedule
@@ -124,57 +127,68 @@ class DjangoStore:
                  then=F("next_poll_at") + F("poll_interval")),
             default=Value(now) + F("poll_interval"),
         )
+        stamped = {"next_poll_at": advanced, "last_poll_at": _utc(now)}
         if self._skip_locked:
             with transaction.atomic(using=self.using):
                 picked = list(
                     rows.due(now).order_by("next_poll_at")
                     .select_for_update(skip_locked=True)
-                    .values_list("trigger_name", "poll_interval")[:limit]
+                    .values_list("trigger_name", "poll_interval", "next_poll_at")[:limit]
                 )
                 if picked:
-                    rows.filter(pk__in=[p[0] for p in picked]).update(next_poll_at=advanced)
-            return [DuePoll(name, float(interval)) for name, interval in picked]
+                    rows.filter(pk__in=[p[0] for p in picked]).update(**stamped)
+            return [due_poll(name, interval, advance(at, interval, now)) for name, interval, at in picked]
         candidates = list(
             rows.due(now).order_by("next_poll_at")
             .values_list("trigger_name", "poll_interval", "next_poll_at")[:limit]
         )
         won: list[DuePoll] = []
         for name, interval, next_poll_at in candidates:
-            taken = rows.filter(pk=name, next_poll_at=next_poll_at).update(next_poll_at=advanced)
+            taken = rows.filter(pk=name, next_poll_at=next_poll_at).update(**stamped)
             if taken:
-                won.append(DuePoll(name, float(interval)))
+                won.append(due_poll(name, interval, advance(next_poll_at, interval, now)))
         return won
 
     def begin_poll(
-        self, name: str, now: float, lease_seconds: float, token: str, min_gap: float | None = None
+        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
     ) -> PollLease | PollRefusal:
         rows = TriggerSchedule.objects.using(self.using)
-        candidates = rows.filter(pk=name, enabled=True).filter(
-            Q(poll_lease_until__isnull=True) | Q(poll_lease_until__lt=now)
-        )
-        if min_gap:
-            candidates = candidates.filter(
-                Q(last_poll_at__isnull=True) | Q(last_poll_at__lte=_utc(now - min_gap))
-            )
-        taken = candidates.update(poll_lease_until=now + lease_seconds, poll_token=token,
-                                  last_poll_at=_utc(now))
+        taken = 0
+        if hold:
+            taken = rows.filter(pk=name, enabled=True).filter(
+                _lease_free(now) | Q(poll_token__isnull=True)
+            ).update(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
         row = rows.filter(pk=name).values(
-            "enabled", "state", "state_version", "consecutive_errors", "poll_lease_until").first()
+            "enabled", "state", "state_version", "consecutive_errors", "poll_lease_until", "poll_token",
+        ).first()
         if row is None:
             return PollRefusal(name, "missing")
-        if not taken:
-            if not row["enabled"]:
-                return PollRefusal(name, "disabled")
-            leased = row["poll_lease_until"] is not None and row["poll_lease_until"] >= now
-            return PollRefusal(name, "running" if leased else "too_soon")
+        refusal = lease_refusal(name, row["enabled"], row["poll_lease_until"], row["poll_token"], now)
+        if hold and not taken:
+            return refusal or PollRefusal(name, "running")
+        if not hold and refusal is not None:
+            return refusal
         return PollLease(
             trigger_name=name, token=token, until=now + lease_seconds,
             state=dict(row["state"] or {}), state_version=int(row["state_version"]),
-            consecutive_errors=int(row["consecutive_errors"]),
+            consecutive_errors=int(row["consecutive_errors"]), held=hold,
         )
 
-    def finish_poll(self, lease: PollLease, outcome: PollOutcome, now: float) -> bool:
-        values: dict[str, Any] = {"poll_lease_until": None, "poll_token": None}
+    def extend_poll_lease(self, name: str, token: str, until: float, now: float) -> bool:
+        done = TriggerSchedule.objects.using(self.using).filter(pk=name).filter(
+            _lease_free(now) | Q(poll_token=token)
+        ).update(poll_lease_until=until, poll_token=token)
+        return bool(done)
+
+    def finish_poll(
+        self, lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None = None
+    ) -> bool:
+        values: dict[str, Any] = {}
+        conditions: dict[str, Any] = {"pk": lease.trigger_name, "state_version": lease.state_version}
+        if lease.held:
+            kept = hold_until is not None and hold_until > now
+            values.update(poll_lease_until=hold_until if kept else None, poll_token=None)
+            conditions["poll_token"] = lease.token
         if outcome.error is not None:
             values.update(
                 consecutive_errors=F("consecutive_errors") + 1,
@@ -188,9 +202,9 @@ class DjangoStore:
             values.update(state=outcome.state, state_version=F("state_version") + 1)
         if outcome.deduplicated:
             values["dedup_count"] = F("dedup_count") + 1
-        done = TriggerSchedule.objects.using(self.using).filter(
-            pk=lease.trigger_name, poll_token=lease.token, state_version=lease.state_version
-        ).update(**values)
+        if not values:
+            return True
+        done = TriggerSchedule.objects.using(self.using).filter(**conditions).update(**values)
         return bool(done)
 
     def list_schedules(self) -> list[dict[str, Any]]:
@@ -322,3 +336,7 @@ def _execution_dict(row: TriggerExecution) -> dict[str, Any]:
     data["context"] = dict(data["context"] or {})
     data["task_ids"] = list(data["task_ids"] or [])
     return data
+
+
+def _lease_free(now: float) -> Q:
+    return Q(poll_lease_until__isnull=True) | Q(poll_lease_until__lt=now)

@@ -362,16 +362,88 @@ def test_begin_poll_refuses_disabled_and_missing_triggers(store: SqlStore) -> No
     assert isinstance(store.begin_poll("orders", T0, LEASE, "tok"), PollLease)
 
 
-def test_a_scheduled_poll_keeps_its_distance_from_the_previous_one(store: SqlStore) -> None:
-    """With min_gap (scheduled polls), a poll right after a late one is refused as too soon."""
+def test_claim_due_gives_each_slot_and_the_next_and_stamps_last_poll_at(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders", 5.0)], T0)
+    [first] = store.claim_due(T0 + 1, 10)  # a little late: the slot stays on the grid
+    assert (first.due, first.next_due) == (T0, T0 + 5)
+    assert store.get_schedule("orders")["last_poll_at"] == utc(T0 + 1)
+    [behind] = store.claim_due(T0 + 100.25, 10)  # far behind: the slot is now
+    assert (behind.due, behind.next_due) == (T0 + 100.25, T0 + 105.25)
+
+
+def test_an_unheld_poll_writes_nothing_and_sees_state_and_errors(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders")], T0)
+    manual = lease_of(store, "orders", T0)
+    assert store.finish_poll(manual, PollOutcome(error="ValueError: x", state={"n": 1}), T0 + 1) is True
+    before = store.get_schedule("orders")
+
+    lease = store.begin_poll("orders", T0 + 5, LEASE, "tok-s", hold=False)
+
+    assert isinstance(lease, PollLease) and lease.held is False
+    assert (lease.state, lease.state_version, lease.consecutive_errors) == ({"n": 1}, 1, 1)
+    assert store.get_schedule("orders") == before
+    assert claimed(store, T0 + 5) == ["orders"]  # no lease was written
+
+
+def test_an_unheld_poll_is_refused_when_disabled_missing_or_held(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders")], T0)
+    assert store.begin_poll("ghost", T0, LEASE, "t", hold=False) == PollRefusal("ghost", "missing")
+    lease_of(store, "orders", T0)  # a manual poll holds it until T0 + 60
+    assert store.begin_poll("orders", T0 + 1, LEASE, "t", hold=False) == PollRefusal("orders", "running")
+    store.set_enabled("orders", False)
+    assert store.begin_poll("orders", T0 + 61, LEASE, "t", hold=False) == PollRefusal("orders", "disabled")
+
+
+def test_finishing_an_unheld_poll_writes_only_what_changed(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders")], T0)
+    lease = store.begin_poll("orders", T0, LEASE, "tok", hold=False)
+    assert isinstance(lease, PollLease)
+    before = store.get_schedule("orders")
+    assert store.finish_poll(lease, PollOutcome(), T0 + 1, hold_until=T0 + 2.5) is True
+    assert store.get_schedule("orders") == before
+    assert store.finish_poll(lease, PollOutcome(state={"seen": 1}), T0 + 1) is True
+    assert store.get_schedule("orders")["state"] == {"seen": 1}
+    # The same read state saved twice: the second poll lost the race and saves nothing.
+    assert store.finish_poll(lease, PollOutcome(state={"seen": 2}), T0 + 1) is False
+    assert store.get_schedule("orders")["state"] == {"seen": 1}
+
+
+def test_extend_poll_lease_takes_a_free_trigger_and_keeps_it(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders", 5.0)], T0)
+    assert store.extend_poll_lease("orders", "tok-a", T0 + 60, T0 + 4) is True
+    assert claimed(store, T0 + 5) == []  # the running poll holds the next slot back
+    assert store.begin_poll("orders", T0 + 5, LEASE, "t", hold=False) == PollRefusal("orders", "running")
+    assert store.begin_poll("orders", T0 + 5, LEASE, "tok-b") == PollRefusal("orders", "running")
+    assert store.extend_poll_lease("orders", "tok-b", T0 + 90, T0 + 6) is False
+    assert store.extend_poll_lease("orders", "tok-a", T0 + 70, T0 + 6) is True  # its own: again
+    held = PollLease("orders", "tok-a", T0 + 70, held=True)
+    assert store.finish_poll(held, PollOutcome(), T0 + 7) is True
+    assert claimed(store, T0 + 7) == ["orders"]
+
+
+def test_a_late_poll_keeps_half_an_interval_from_the_next_scheduled_one(store: SqlStore) -> None:
+    """``hold_until`` keeps dispatch and unheld polls away; a manual poll may still run."""
     store.sync_triggers([spec("orders", 1.0)], T0)
+    assert claimed(store, T0) == ["orders"]
     late = lease_of(store, "orders", T0 + 0.9)
-    assert store.finish_poll(late, PollOutcome(), T0 + 0.95) is True
-    assert store.begin_poll("orders", T0 + 1.2, LEASE, "tok-2", 0.5) == PollRefusal("orders", "too_soon")
-    assert isinstance(store.begin_poll("orders", T0 + 1.2, LEASE, "tok-3"), PollLease)  # manual: allowed
+    assert store.finish_poll(late, PollOutcome(), T0 + 0.95, hold_until=T0 + 1.4) is True
+    assert claimed(store, T0 + 1.2) == []
+    assert store.begin_poll("orders", T0 + 1.2, LEASE, "t", hold=False) == PollRefusal("orders", "too_soon")
+    manual = store.begin_poll("orders", T0 + 1.2, LEASE, "tok-3")
+    assert isinstance(manual, PollLease)
     assert store.get_schedule("orders")["last_poll_at"] == utc(T0 + 1.2)
-    third = store.begin_poll("orders", T0 + 1.8, LEASE, "tok-4", 0.5)
-    assert third == PollRefusal("orders", "running")  # tok-3 holds the lease
+    assert store.finish_poll(manual, PollOutcome(), T0 + 1.3) is True
+    assert claimed(store, T0 + 1.3) == ["orders"]  # the manual poll's end released the hold
+
+
+def test_the_hold_of_a_late_poll_delays_the_next_slot_until_it_ends(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders", 1.0)], T0)
+    assert claimed(store, T0) == ["orders"]  # next slot T0 + 1
+    late = lease_of(store, "orders", T0 + 0.9)
+    assert store.finish_poll(late, PollOutcome(), T0 + 0.95, hold_until=T0 + 1.4) is True
+    assert claimed(store, T0 + 1.39) == []
+    [slot] = store.claim_due(T0 + 1.41, 10)
+    assert (slot.due, slot.next_due) == (T0 + 1, T0 + 2)  # still on the grid
 
 
 def test_finish_poll_releases_the_lease(store: SqlStore) -> None:

@@ -115,8 +115,10 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
     runner: DefaultRunner,
 ) -> None:
     name = "recover"
+    # A grace long enough for the crashed worker to be back before the sweep first looks:
+    # the crash-and-restart case, not the crash-and-gone case of the test above.
     project = launch(MODULE, **_env(
-        redis_url, tmp_path, name, E2E_CLAIM_GRACE="3s", E2E_SWEEP_INTERVAL="1s", E2E_POLL_TIME_LIMIT="2s",
+        redis_url, tmp_path, name, E2E_CLAIM_GRACE="8s", E2E_SWEEP_INTERVAL="1s", E2E_POLL_TIME_LIMIT="2s",
     ))
     # Fixed node names, as a deployment has them (celery@host); the later -n wins over the harness's.
     nodes = {}
@@ -137,6 +139,7 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
     # The crashed worker is restarted under its name (systemd, supervisord, a container restart).
     project.worker("-Q", ALL_QUEUES, "-n", f"{node}@%h", concurrency=2,
                    name=f"{node}-restarted").wait_for_log("ready", timeout=30)
+    assert _row(runner, name, first["execution_id"])["status"] == "running"
 
     lost = wait_until(
         lambda: (row := _row(runner, name, first["execution_id"]))["status"] != "running" and row,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -361,3 +362,107 @@ def test_first_poll_creates_the_schedule_row(installation: Installation, receive
     assert schedule["enabled"] is True
     assert schedule["poll_interval"] == 2.0
     assert schedule["workflow"] == "recorded"
+
+
+# -- what a scheduled poll writes ------------------------------------------------------
+
+
+@pytest.fixture
+def writes(installation: Installation) -> Iterator[list[str]]:
+    """The INSERT/UPDATE/DELETE statements the store sends from now on."""
+    from sqlalchemy import event
+
+    engine = installation.store.engine  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(engine, "before_cursor_execute", record)
+
+
+def slot_of(installation: Installation, name: str, now: float) -> Any:
+    [slot] = [d for d in installation.store.claim_due(now, 100) if d.trigger_name == name]
+    return slot
+
+
+def test_an_on_time_scheduled_skip_writes_nothing(installation: Installation, writes: list[str]) -> None:
+    @trigger(workflow="recorded", poll_interval="10s")
+    def idle() -> TriggerResult:
+        return TriggerResult.skip()
+
+    installation.store.sync_triggers([spec_of_name("idle")], time.time())
+    slot = slot_of(installation, "idle", time.time())
+    writes.clear()
+
+    for _ in range(3):
+        report = installation.poller().poll("idle", scheduled=True, next_due=slot.next_due)
+        assert report.status == "skipped"
+    assert writes == []
+
+
+def test_a_scheduled_fire_and_an_error_are_written(installation: Installation, received: list[Any],
+                                                   writes: list[str]) -> None:
+    calls = []
+
+    @trigger(workflow="recorded", poll_interval="10s", allow_concurrent=True)
+    def flaky() -> TriggerResult:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("flaky")
+        return TriggerResult.fire(Context({"n": 1}))
+
+    installation.store.sync_triggers([spec_of_name("flaky")], time.time())
+    slot = slot_of(installation, "flaky", time.time())
+    assert installation.poller().poll("flaky", scheduled=True, next_due=slot.next_due).status == "error"
+    assert installation.store.get_schedule("flaky")["consecutive_errors"] == 1
+    assert installation.poller().poll("flaky", scheduled=True, next_due=slot.next_due).status == "fired"
+    row = installation.store.get_schedule("flaky")
+    assert row["consecutive_errors"] == 0 and row["last_fire_at"] is not None
+    assert [c["n"] for c in received] == [1]
+    assert writes  # the error, the execution row, the fire time
+
+
+def test_a_late_scheduled_poll_keeps_the_next_slot_half_an_interval_away(installation: Installation) -> None:
+    @trigger(workflow="recorded", poll_interval="10s")
+    def late() -> TriggerResult:
+        return TriggerResult.skip()
+
+    t0 = time.time()
+    installation.store.sync_triggers([spec_of_name("late")], t0)
+    slot = slot_of(installation, "late", t0)
+    started = slot.next_due - 2.0  # 8 s into a 10 s slot: late
+    report = installation.poller().poll("late", now=started, scheduled=True, next_due=slot.next_due)
+    assert report.status == "skipped"
+    assert installation.store.claim_due(slot.next_due, 100) == []  # held until started + 5 s
+    [again] = installation.store.claim_due(started + 5.01, 100)
+    assert again.trigger_name == "late"
+
+
+def test_a_poll_running_into_the_next_slot_takes_its_lease_in_time(installation: Installation) -> None:
+    claims: list[list[str]] = []
+    store = installation.store
+
+    @trigger(workflow="recorded", poll_interval="400ms")
+    def slow() -> TriggerResult:
+        # Still running when the next slot comes: the watchdog has taken the lease by then.
+        time.sleep(max(0.0, slot.next_due + 0.05 - time.time()))
+        claims.append([d.trigger_name for d in store.claim_due(time.time(), 100)])
+        return TriggerResult.skip()
+
+    store.sync_triggers([spec_of_name("slow")], time.time())
+    slot = slot_of(installation, "slow", time.time())
+    assert installation.poller().poll("slow", scheduled=True, next_due=slot.next_due).status == "skipped"
+    assert claims == [[]]
+    assert store.get_schedule("slow")["consecutive_errors"] == 0
+    assert [d.trigger_name for d in store.claim_due(time.time(), 100)] == ["slow"]  # released at its end
+
+
+def spec_of_name(name: str) -> Any:
+    from cloaca_celery.polling import spec_of
+    from cloaca_celery.triggers import triggers
+
+    return spec_of(triggers.get(name))
