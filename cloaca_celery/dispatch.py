@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from celery import Celery
@@ -29,6 +29,7 @@ POLL_TASK = "cloaca.poll"
 DISPATCH_TASK = "cloaca.dispatch"
 MIN_TICK = 0.05
 MAX_TICK = 1.0
+EARLY = 0.002  # a slot due sooner than this is sent without an eta
 
 
 def auto_dispatch_interval() -> float:
@@ -69,11 +70,18 @@ class DispatchSchedule(schedule):
         return f"<cloaca dispatch every {self._resolve():g}s>"
 
 
-def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | None = None) -> int:
-    """Claim the due triggers and publish one ``cloaca.poll`` for each; return the count."""
+def dispatch_due(
+    app: Celery, settings: Settings, store: Store, now: float | None = None, horizon: float = 0.0,
+) -> int:
+    """Claim the triggers due by ``now + horizon`` and publish one ``cloaca.poll`` for each.
+
+    Beat's dispatcher passes its own tick as ``horizon``: a slot due before
+    the next tick is claimed now and published with its ``eta``, so the poll
+    starts on time instead of up to a tick late. Returns the count.
+    """
     now = time.time() if now is None else now
     try:
-        due = store.claim_due(now, settings.dispatch_batch_size)
+        due = store.claim_due(now, settings.dispatch_batch_size, horizon)
     except Exception as exc:  # noqa: BLE001 - every tick would fail alike: one line every 10 s
         log_throttled(logger, "dispatch-store", logging.WARNING,
                       "dispatch: the store is unreachable (%s: %s); no polls until it answers",
@@ -92,11 +100,14 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
     try:
         with app.producer_or_acquire() as producer:
             for item in due:
-                remaining = item.next_due - time.time()
+                sending = time.time()
+                ahead = item.due - sending > EARLY
                 app.send_task(
                     POLL_TASK, args=(item.trigger_name,),
                     kwargs={"scheduled": True, "due": item.due, "next_due": item.next_due},
-                    producer=producer, expires=max(remaining, 0.05), **options,
+                    producer=producer, expires=max(item.next_due - sending, 0.05),
+                    eta=datetime.fromtimestamp(item.due, tz=timezone.utc) if ahead else None,
+                    **options,
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval

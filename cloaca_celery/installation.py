@@ -315,7 +315,9 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:
         """Publish a ``cloaca.poll`` for every due trigger."""
-        return dispatch_due(app, installation.settings, installation.store)
+        return dispatch_due(
+            app, installation.settings, installation.store, horizon=installation.dispatch_interval()
+        )
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def sweep_task() -> int:

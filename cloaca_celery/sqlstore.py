@@ -330,12 +330,12 @@ class SqlStore:
             except IntegrityError:
                 logger.debug("%s: schedule row created concurrently", name)
 
-    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
+    def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
         t = schedules
         due = and_(
             t.c.enabled.is_(True),
             t.c.registered.is_(True),
-            t.c.next_poll_at <= now,
+            t.c.next_poll_at <= now + horizon,
             or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
         )
         advanced = case(
@@ -350,7 +350,7 @@ class SqlStore:
                     pick = pick.with_for_update(skip_locked=True)
                 rows = conn.execute(
                     update(t)
-                    .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now)
+                    .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now + horizon)
                     .values(**stamped)
                     .returning(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at)
                 ).all()

@@ -140,12 +140,13 @@ class Store(Protocol):
         """
         ...
 
-    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
-        """Atomically take the poll slot of up to ``limit`` due, enabled triggers.
+    def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
+        """Atomically take the poll slot of up to ``limit`` enabled triggers due by ``now + horizon``.
 
         Each claimed row's ``next_poll_at`` moves one interval on (or to
         ``now + interval`` when it fell behind), so concurrent dispatchers
-        split the due triggers between them instead of doubling them.
+        split the due triggers between them instead of doubling them. A slot
+        claimed ahead of time (within ``horizon``) keeps its own ``due``.
         """
         ...
 

@@ -24,9 +24,9 @@ STATUS_CHOICES = [
 
 
 class TriggerScheduleQuerySet(models.QuerySet["TriggerSchedule"]):
-    def due(self, now: float) -> TriggerScheduleQuerySet:
-        """Enabled, registered triggers whose poll slot has come and that no poll holds."""
-        return self.filter(enabled=True, registered=True, next_poll_at__lte=now).filter(
+    def due(self, now: float, horizon: float = 0.0) -> TriggerScheduleQuerySet:
+        """Enabled, registered triggers whose poll slot comes by ``now + horizon`` and that no poll holds."""
+        return self.filter(enabled=True, registered=True, next_poll_at__lte=now + horizon).filter(
             models.Q(poll_lease_until__isnull=True) | models.Q(poll_lease_until__lt=now)
         )
 

@@ -120,7 +120,7 @@ class DjangoStore:
             if gone:
                 rows.filter(pk__in=gone).update(registered=False, updated_at=now_dt)
 
-    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
+    def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
         rows = TriggerSchedule.objects.using(self.using)
         advanced = Case(
             When(GreaterThan(F("next_poll_at") + F("poll_interval"), now),
@@ -131,7 +131,7 @@ class DjangoStore:
         if self._skip_locked:
             with transaction.atomic(using=self.using):
                 picked = list(
-                    rows.due(now).order_by("next_poll_at")
+                    rows.due(now, horizon).order_by("next_poll_at")
                     .select_for_update(skip_locked=True)
                     .values_list("trigger_name", "poll_interval", "next_poll_at")[:limit]
                 )
@@ -139,7 +139,7 @@ class DjangoStore:
                     rows.filter(pk__in=[p[0] for p in picked]).update(**stamped)
             return [due_poll(name, interval, advance(at, interval, now)) for name, interval, at in picked]
         candidates = list(
-            rows.due(now).order_by("next_poll_at")
+            rows.due(now, horizon).order_by("next_poll_at")
             .values_list("trigger_name", "poll_interval", "next_poll_at")[:limit]
         )
         won: list[DuePoll] = []

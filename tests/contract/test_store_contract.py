@@ -371,6 +371,15 @@ def test_claim_due_gives_each_slot_and_the_next_and_stamps_last_poll_at(store: S
     assert (behind.due, behind.next_due) == (T0 + 100.25, T0 + 105.25)
 
 
+def test_claim_due_with_a_horizon_takes_slots_due_soon_and_keeps_their_time(store: SqlStore) -> None:
+    store.sync_triggers([spec("soon", 5.0)], T0)
+    assert claimed(store, T0 - 0.3) == []
+    assert store.claim_due(T0 - 0.3, 10, horizon=0.2) == []
+    [slot] = store.claim_due(T0 - 0.3, 10, horizon=0.5)
+    assert (slot.due, slot.next_due) == (T0, T0 + 5)
+    assert store.claim_due(T0, 10, horizon=0.5) == []  # the slot was taken once
+
+
 def test_an_unheld_poll_writes_nothing_and_sees_state_and_errors(store: SqlStore) -> None:
     store.sync_triggers([spec("orders")], T0)
     manual = lease_of(store, "orders", T0)
