@@ -33,6 +33,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -44,7 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from .errors import ConfigurationError, UnknownTriggerError
@@ -208,7 +209,9 @@ def create_store_engine(url: str) -> Engine:
         )
         _tune_sqlite(engine, memory)
         return engine
-    return create_engine(normalized, pool_pre_ping=True, pool_size=2, max_overflow=8)
+    # No pre-ping: reads retry once on a dropped connection (SqlStore._read_one), and a
+    # write on one fails like any store error and is retried by the next poll.
+    return create_engine(normalized, pool_size=2, max_overflow=8, pool_recycle=3600)
 
 
 def _tune_sqlite(engine: Engine, memory: bool) -> None:
@@ -254,6 +257,11 @@ class SqlStore:
             self.url = redact_url(url_or_engine)
         self._schema_lock = threading.Lock()
         self._schema_ready = False
+        # Single reads need no transaction: one round trip instead of three.
+        self._reader = (
+            self.engine if self.dialect == "sqlite"
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     @property
     def dialect(self) -> str:
@@ -375,20 +383,18 @@ class SqlStore:
         self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
     ) -> PollLease | PollRefusal:
         t = schedules
-        with self.engine.begin() as conn:
-            taken = 0
-            if hold:
+        if hold:
+            with self.engine.begin() as conn:
                 taken = conn.execute(
                     update(t)
                     .where(t.c.trigger_name == name, t.c.enabled.is_(True),
                            or_(_lease_free(now), t.c.poll_token.is_(None)))
                     .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
                 ).rowcount
-            row = conn.execute(
-                select(t.c.enabled, t.c.state, t.c.state_version, t.c.consecutive_errors,
-                       t.c.poll_lease_until, t.c.poll_token)
-                .where(t.c.trigger_name == name)
-            ).first()
+                row = conn.execute(_POLL_ROW, {"name": name}).first()
+        else:
+            taken = 0
+            row = self._read_one(_POLL_ROW, {"name": name})
         if row is None:
             return PollRefusal(name, "missing")
         refusal = lease_refusal(name, row.enabled, row.poll_lease_until, row.poll_token, now)
@@ -401,6 +407,22 @@ class SqlStore:
             state=dict(row.state or {}), state_version=int(row.state_version),
             consecutive_errors=int(row.consecutive_errors), held=hold,
         )
+
+    def _read_one(self, statement: Any, params: dict[str, Any]) -> Any:
+        """One row from a single SELECT outside any transaction.
+
+        Pooled connections are not pinged before use (that would double the
+        round trips of the hot path); a connection the database dropped is
+        found out here, and the read is tried once more on a new one.
+        """
+        for attempt in (1, 2):
+            try:
+                with self._reader.connect() as conn:
+                    return conn.execute(statement, params).first()
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
+        return None  # pragma: no cover - the loop returns or raises
 
     def extend_poll_lease(self, name: str, token: str, until: float, now: float) -> bool:
         t = schedules
@@ -417,11 +439,9 @@ class SqlStore:
     ) -> bool:
         t = schedules
         values: dict[str, Any] = {}
-        conditions = [t.c.trigger_name == lease.trigger_name, t.c.state_version == lease.state_version]
         if lease.held:
             kept = hold_until is not None and hold_until > now
             values.update(poll_lease_until=hold_until if kept else None, poll_token=None)
-            conditions.append(t.c.poll_token == lease.token)
         if outcome.error is not None:
             values.update(
                 consecutive_errors=t.c.consecutive_errors + 1,
@@ -438,6 +458,9 @@ class SqlStore:
             values["dedup_count"] = t.c.dedup_count + 1
         if not values:
             return True
+        conditions = [t.c.trigger_name == lease.trigger_name, t.c.state_version == lease.state_version]
+        if lease.held:
+            conditions.append(t.c.poll_token == lease.token)
         with self.engine.begin() as conn:
             done = conn.execute(update(t).where(*conditions).values(**values)).rowcount
         return bool(done)
@@ -589,6 +612,12 @@ class SqlStore:
                 if not ids:
                     return total
                 total += conn.execute(delete(e).where(e.c.execution_id.in_(ids))).rowcount
+
+
+_POLL_ROW = select(
+    schedules.c.enabled, schedules.c.state, schedules.c.state_version, schedules.c.consecutive_errors,
+    schedules.c.poll_lease_until, schedules.c.poll_token,
+).where(schedules.c.trigger_name == bindparam("name"))
 
 
 def _lease_free(now: float) -> Any:
