@@ -151,7 +151,7 @@ class Installation:
         store = self.store
         # Workers run the polls, so their trigger list is the one that counts:
         # only a worker marks vanished triggers unregistered. Beat just adds rows.
-        store.sync_triggers([spec_of(d) for d in triggers], time.time(), prune=role == "worker")
+        store.sync_triggers([spec_of(d) for d in triggers], time.time(), prune=role == "worker", spread=True)
         # Close before the pool (and an embedded beat) fork: a SQLite connection
         # must never be inherited by a child process.
         store.close()

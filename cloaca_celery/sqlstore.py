@@ -61,6 +61,7 @@ from .store import (
     TriggerSpec,
     advance,
     due_poll,
+    first_slot,
     lease_refusal,
 )
 
@@ -290,7 +291,9 @@ class SqlStore:
 
     # -- schedules ---------------------------------------------------------
 
-    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float, prune: bool = True) -> None:
+    def sync_triggers(
+        self, specs: Iterable[TriggerSpec], now: float, prune: bool = True, spread: bool = False
+    ) -> None:
         wanted = {spec.name: spec for spec in specs}
         now_dt = _utc(now)
         t = schedules
@@ -313,7 +316,8 @@ class SqlStore:
                         update(t).where(t.c.trigger_name == name).values(
                             workflow=spec.workflow, poll_interval=spec.poll_interval,
                             allow_concurrent=spec.allow_concurrent, registered=True,
-                            next_poll_at=now, updated_at=now_dt,
+                            updated_at=now_dt,
+                            next_poll_at=first_slot(name, spec.poll_interval, now, spread),
                         )
                     )
             gone = [name for name, row in rows.items() if prune and name not in wanted and row.registered]
@@ -331,7 +335,8 @@ class SqlStore:
                             trigger_name=name, workflow=spec.workflow,
                             poll_interval=spec.poll_interval,
                             allow_concurrent=spec.allow_concurrent, enabled=True,
-                            registered=True, next_poll_at=now, consecutive_errors=0,
+                            registered=True, consecutive_errors=0,
+                            next_poll_at=first_slot(name, spec.poll_interval, now, spread),
                             state={}, state_version=0, created_at=now_dt, updated_at=now_dt,
                         )
                     )

@@ -9,6 +9,7 @@ compares and adds (``next_poll_at``, lease expiry) are epoch seconds
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -79,6 +80,23 @@ class PollOutcome:
     deduplicated: bool = False
 
 
+SPREAD_WINDOW = 60.0
+
+
+def first_slot(name: str, interval: float, now: float, spread: bool) -> float:
+    """When a new (or changed) trigger is first due.
+
+    Spread: at a fixed offset within its first interval (at most a minute),
+    taken from a hash of its name, so 1,000 triggers of ``1s`` are due a
+    millisecond apart rather than all at once every second.
+    """
+    if not spread:
+        return now
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    fraction = int.from_bytes(digest[:4], "big") / 2**32
+    return now + min(float(interval), SPREAD_WINDOW) * fraction
+
+
 def advance(next_poll_at: float, interval: float, now: float) -> float:
     """The next slot after claiming one: one interval on, or ``now + interval`` if far behind.
 
@@ -131,8 +149,14 @@ class Store(Protocol):
         """Create or upgrade the tables."""
         ...
 
-    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float, prune: bool = True) -> None:
+    def sync_triggers(
+        self, specs: Iterable[TriggerSpec], now: float, prune: bool = True, spread: bool = False
+    ) -> None:
         """Create missing schedule rows and refresh changed ones.
+
+        A new or changed row is due at ``now``; with ``spread`` (worker and
+        beat start-up) at :func:`first_slot`, so that many triggers of one
+        interval do not all fall due in the same instant forever after.
 
         An operator's ``enabled`` choice is kept. With ``prune``, rows of
         triggers absent from ``specs`` are marked unregistered and no longer

@@ -30,6 +30,7 @@ from cloaca_celery.store import (
     TriggerSpec,
     advance,
     due_poll,
+    first_slot,
     lease_refusal,
 )
 
@@ -89,7 +90,9 @@ class DjangoStore:
 
     # -- schedules ---------------------------------------------------------
 
-    def sync_triggers(self, specs: Iterable[TriggerSpec], now: float, prune: bool = True) -> None:
+    def sync_triggers(
+        self, specs: Iterable[TriggerSpec], now: float, prune: bool = True, spread: bool = False
+    ) -> None:
         wanted = {spec.name: spec for spec in specs}
         now_dt = _utc(now)
         rows = TriggerSchedule.objects.using(self.using)
@@ -103,7 +106,8 @@ class DjangoStore:
                         rows.create(
                             trigger_name=name, workflow=spec.workflow, poll_interval=spec.poll_interval,
                             allow_concurrent=spec.allow_concurrent, enabled=True, registered=True,
-                            next_poll_at=now, state={}, created_at=now_dt, updated_at=now_dt,
+                            next_poll_at=first_slot(name, spec.poll_interval, now, spread),
+                            state={}, created_at=now_dt, updated_at=now_dt,
                         )
                 except IntegrityError:
                     pass
@@ -113,7 +117,7 @@ class DjangoStore:
                 rows.filter(pk=name).update(
                     workflow=spec.workflow, poll_interval=spec.poll_interval,
                     allow_concurrent=spec.allow_concurrent, registered=True,
-                    next_poll_at=now, updated_at=now_dt,
+                    next_poll_at=first_slot(name, spec.poll_interval, now, spread), updated_at=now_dt,
                 )
         if prune:
             gone = [n for n, r in existing.items() if n not in wanted and r.registered]

@@ -371,6 +371,17 @@ def test_claim_due_gives_each_slot_and_the_next_and_stamps_last_poll_at(store: S
     assert (behind.due, behind.next_due) == (T0 + 100.25, T0 + 105.25)
 
 
+def test_spread_sync_puts_first_slots_within_the_first_interval_at_most_a_minute(store: SqlStore) -> None:
+    names = [f"s{i:03d}" for i in range(200)]
+    store.sync_triggers([spec(n, 1.0) for n in names] + [spec("hourly", 3600.0)], T0, spread=True)
+    firsts = {n: store.get_schedule(n)["next_poll_at"].timestamp() for n in names}
+    assert all(T0 <= at < T0 + 1.0 for at in firsts.values())
+    assert len({round(at, 3) for at in firsts.values()}) > 150  # spread, not bunched
+    assert T0 <= store.get_schedule("hourly")["next_poll_at"].timestamp() < T0 + 60
+    store.sync_triggers([spec(n, 1.0) for n in names], T0 + 50, spread=True)  # unchanged rows keep theirs
+    assert {n: store.get_schedule(n)["next_poll_at"].timestamp() for n in names} == firsts
+
+
 def test_claim_due_with_a_horizon_takes_slots_due_soon_and_keeps_their_time(store: SqlStore) -> None:
     store.sync_triggers([spec("soon", 5.0)], T0)
     assert claimed(store, T0 - 0.3) == []
