@@ -1,0 +1,85 @@
+"""Fixtures of the fault-injection suite.
+
+The e2e fixtures are re-exported (``redis_url``: a Redis database of the
+test's own; ``launch``: worker and beat processes stopped after the test).
+Added here: a SQLite store file, a PostgreSQL schema of the test's own, a
+private ``redis-server`` and a TCP proxy in front of PostgreSQL.
+
+Tests name ``launch`` after the fixtures whose resources the processes use:
+fixtures are torn down in reverse order, so the processes stop before their
+Redis database is flushed and released, or their schema dropped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from cloaca_celery.sqlstore import SqlStore
+from tests.e2e.conftest import launch, redis_client, redis_url
+from tests.faults.helpers import RedisServer, need_redis_server
+from tests.faults.proxy import TcpProxy
+from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, need_postgres
+
+__all__ = ["launch", "redis_client", "redis_url"]
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url: str) -> Iterator[SqlStore]:
+    """The test's view of the store the processes use (created by the first of them)."""
+    store = SqlStore(sqlite_url)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own, dropped afterwards."""
+    need_postgres()
+    schema = f"cloaca_f_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_store(pg_schema: str) -> Iterator[SqlStore]:
+    """A store on the test's schema, reached directly (never through the proxy)."""
+    store = SqlStore(create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={pg_schema}"}))
+    store.ensure_schema()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def pg_proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of PostgreSQL, listening; closed after the test."""
+    need_postgres()
+    proxy = TcpProxy(POSTGRES_HOST, POSTGRES_PORT)
+    proxy.start()
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own (never the shared one), running; stopped afterwards."""
+    server = RedisServer(need_redis_server(), tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,197 @@
+"""Helpers of the fault-injection suite: the app's environment, the store's rows, a private Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cloaca_celery.sqlstore import SqlStore, claims
+from cloaca_celery.store import FINAL_STATUSES
+from tests.e2e.harness import REPO, CeleryProject
+from tests.services import services_required
+
+APPS = Path(__file__).resolve().parent / "apps"
+MODULE = "faults_app"
+ALL_QUEUES = "celery,faults.steps"
+STEPS_QUEUE = "faults.steps"
+
+
+def faults_project(
+    launch: Callable[..., CeleryProject], *, broker_url: str, database_url: str, triggers: str,
+    note_url: str | None = None, **options: str,
+) -> CeleryProject:
+    """A project of ``faults_app``; ``options`` are ``FAULTS_*`` variables without the prefix."""
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(APPS), str(REPO)]),
+        "FAULTS_BROKER_URL": broker_url,
+        "FAULTS_NOTE_URL": note_url or broker_url,
+        "FAULTS_DATABASE_URL": database_url,
+        "FAULTS_TRIGGERS": triggers,
+        **{f"FAULTS_{key.upper()}": str(value) for key, value in options.items()},
+    }
+    project: CeleryProject = launch(MODULE, **env)
+    return project
+
+
+def records(client: Any, key: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in client.lrange(key, 0, -1)]
+
+
+def history(store: SqlStore, name: str) -> list[dict[str, Any]]:
+    """The trigger's execution rows, oldest first."""
+    return list(reversed(store.execution_history(name)))
+
+
+def schedule(store: SqlStore, name: str) -> dict[str, Any] | None:
+    try:
+        return store.get_schedule(name)
+    except KeyError:
+        return None
+
+
+def claim_rows(store: SqlStore) -> list[dict[str, Any]]:
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(select(claims))]
+
+
+def leaked_claims(store: SqlStore) -> list[dict[str, Any]]:
+    """Claims whose execution has ended (or has no row): nothing should ever leave one behind."""
+    leaked = []
+    for claim in claim_rows(store):
+        try:
+            status = store.get_execution(claim["execution_id"])["status"]
+        except KeyError:
+            status = None
+        if status is None or status in FINAL_STATUSES:
+            leaked.append({**claim, "status": status})
+    return leaked
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` spans open at one instant (touching ends do not overlap)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    most = current = 0
+    for _, delta in events:
+        current += delta
+        most = max(most, current)
+    return most
+
+
+def log_lines(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]
+
+
+def exited(project: CeleryProject) -> list[str]:
+    """One line per process of ``project`` that is no longer running, with its last critical log line."""
+    dead = []
+    for proc in project.processes:
+        if proc.running():
+            continue
+        critical = [line for line in proc.log().splitlines() if "CRITICAL" in line or "Unrecoverable" in line]
+        dead.append(f"{proc.name} (pid {proc.pid}) exited with {proc.popen.returncode}: "
+                    f"{critical[-1] if critical else 'no critical line logged'}")
+    return dead
+
+
+def log_time(line: str) -> float:
+    """The epoch time of a Celery log line (``[2024-05-01 12:00:00,123: INFO/...] ...``, local time)."""
+    stamp = line[1:line.index(": ")]
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def pool_children(pid: int) -> set[int]:
+    """Pids of the processes whose parent is ``pid`` (a prefork worker's pool)."""
+    children = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            children.add(int(entry.name))
+    return children
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def need_redis_server() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        message = "redis-server is not installed (the broker-outage test starts a private one)"
+        if services_required():
+            pytest.fail(f"{message} and CLOACA_TEST_REQUIRE_SERVICES=1")
+        pytest.skip(message)
+    return path
+
+
+class RedisServer:
+    """A ``redis-server`` of this test alone, on a free port: stopped and restarted by its pid."""
+
+    def __init__(self, executable: str, workdir: Path) -> None:
+        self.executable = executable
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.popen is None, "already running"
+        log = (self.workdir / f"redis-{self.starts}.log").open("wb")
+        self.popen = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    pass
+                if self.popen.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"redis-server on port {self.port} did not start")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        popen, self.popen = self.popen, None
+        if popen is None or popen.poll() is not None:
+            return
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                popen.kill()
+            popen.wait(timeout=10)
