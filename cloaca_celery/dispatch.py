@@ -20,7 +20,7 @@ from celery.schedules import schedule
 
 from .logs import log_throttled
 from .settings import Settings
-from .store import Store
+from .store import Store, claim_horizon
 from .triggers import triggers
 
 logger = logging.getLogger("cloaca_celery.dispatch")
@@ -30,18 +30,32 @@ DISPATCH_TASK = "cloaca.dispatch"
 MIN_TICK = 0.05
 MAX_TICK = 1.0
 EARLY = 0.002  # a slot due sooner than this is sent without an eta
+SLACK = 0.05  # how long before the next claim a running poll's lease is written (at most interval / 10)
 
 
 def auto_dispatch_interval() -> float:
     """Half the shortest poll interval, between 50 ms and 1 s.
 
-    Half, so that a trigger due just after a tick waits at most half its
-    interval and its period does not slip to two intervals.
+    The dispatcher claims the slots due before its next tick (at most half
+    an interval ahead, :func:`cloaca_celery.store.claim_horizon`) and sends
+    them with their ``eta``, so the tick bounds how far ahead polls are sent,
+    not how late they start.
     """
     intervals = [d.poll_interval for d in triggers]
     if not intervals:
         return MAX_TICK
     return min(MAX_TICK, max(MIN_TICK, min(intervals) / 2))
+
+
+def hold_by(next_due: float, interval: float, horizon: float) -> float:
+    """The latest a scheduled poll may run without a lease in the store.
+
+    The next slot may be claimed from ``next_due - horizon`` on, and that claim
+    must see the lease of a poll still running: the watchdog takes it a little
+    before. A poll starting after this time is late: it takes the lease when it
+    starts, unless the next slot is already claimed (then it does not run).
+    """
+    return next_due - claim_horizon(horizon, interval) - min(SLACK, interval / 10)
 
 
 class DispatchSchedule(schedule):
@@ -101,10 +115,14 @@ def dispatch_due(
         with app.producer_or_acquire() as producer:
             for item in due:
                 sending = time.time()
+                deadline = hold_by(item.next_due, item.poll_interval, horizon)
                 ahead = item.due - sending > EARLY
                 app.send_task(
                     POLL_TASK, args=(item.trigger_name,),
-                    kwargs={"scheduled": True, "due": item.due, "next_due": item.next_due},
+                    kwargs={
+                        "scheduled": True, "due": item.due, "next_due": item.next_due,
+                        "hold_by": deadline, "errors": item.errors,
+                    },
                     producer=producer, expires=max(item.next_due - sending, 0.05),
                     eta=datetime.fromtimestamp(item.due, tz=timezone.utc) if ahead else None,
                     **options,

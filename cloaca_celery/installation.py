@@ -301,16 +301,23 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
     @app.task(name=POLL_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def poll(
         trigger_name: str, scheduled: bool = False, due: float | None = None,
-        next_due: float | None = None,
+        next_due: float | None = None, hold_by: float | None = None, errors: int | None = None,
     ) -> dict[str, Any]:
         """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this).
 
         The dispatcher's polls carry their slot: ``due`` (when it was due, for
-        the record) and ``next_due`` (when the next one is).
+        the record), ``next_due`` (when the next one is), ``hold_by`` (the
+        latest it may run without a lease) and the row's error count.
         """
-        slot_end = float(next_due) if scheduled and next_due is not None else None
         poller = installation.poller()
-        return poller.poll(trigger_name, scheduled=bool(scheduled), next_due=slot_end).as_dict()
+        if not scheduled:
+            return poller.poll(trigger_name).as_dict()
+        return poller.poll(
+            trigger_name, scheduled=True,
+            next_due=None if next_due is None else float(next_due),
+            hold_by=None if hold_by is None else float(hold_by),
+            errors=None if errors is None else int(errors),
+        ).as_dict()
 
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:

@@ -159,17 +159,20 @@ class Poller:
 
     def poll(
         self, name: str, *, now: float | None = None, scheduled: bool = False,
-        next_due: float | None = None,
+        next_due: float | None = None, hold_by: float | None = None, errors: int | None = None,
     ) -> PollReport:
         """Poll ``name`` once.
 
         A scheduled poll (sent by the dispatcher for a slot ending at
-        ``next_due``) writes nothing to start: its slot keeps the other
-        scheduled polls away. It writes a lease only if it starts late (less
-        than half an interval before the next slot: that slot then waits until
-        half an interval after this poll started) or is still running shortly
-        before the next slot (the watchdog takes the lease then). Manual polls
-        (CLI, admin, tests) always take a lease.
+        ``next_due``) owns the trigger until ``hold_by`` without a lease in the
+        store: the next slot is not claimed before then. When the dispatcher
+        also sent the row's error count (``errors``) and the trigger keeps no
+        ``state``, the poll does not even read its row: a skip costs the store
+        nothing. It writes a lease only if it is still running at ``hold_by``
+        (the watchdog takes the lease then) or starts after it: then it takes
+        the lease at once, if the next slot is not claimed yet (else it does
+        not run), and keeps the trigger until half an interval after it
+        started. Manual polls (CLI, admin, tests) always take a lease.
         """
         try:
             definition = triggers.get(name)
@@ -180,28 +183,38 @@ class Poller:
         token = uuid.uuid4().hex
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
         interval = definition.poll_interval
-        hold = next_due is None or started > next_due - interval / 2
-        try:
-            taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold)
-            if isinstance(taken, PollRefusal) and taken.reason == "missing":
-                self.store.sync_triggers([spec_of(definition)], started, prune=False)
-                taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold)
-        except Exception as exc:  # noqa: BLE001 - an unreachable store: one line, poll again next interval
-            logger.warning("%s: not polled: the store is unreachable: %s", name, _first_line(exc))
-            return PollReport(name, "not_polled", "store unreachable")
+        if next_due is not None and hold_by is None:
+            hold_by = next_due - min(1.0, max(0.02, interval / 4))
+        # Late (past hold_by) or manual: hold the trigger from the start. A late poll does so
+        # only while the next slot is unclaimed: a poll sent for that slot would not look.
+        hold = hold_by is None or started > hold_by
+        slot_end = next_due if hold and next_due is not None else None
+        taken: PollLease | PollRefusal
+        if not hold and errors is not None and not definition.takes_state and next_due is not None:
+            taken = PollLease(name, token, next_due, consecutive_errors=int(errors), held=False)
+        else:
+            try:
+                taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold,
+                                              slot_end=slot_end)
+                if isinstance(taken, PollRefusal) and taken.reason == "missing":
+                    self.store.sync_triggers([spec_of(definition)], started, prune=False)
+                    taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold,
+                                                  slot_end=slot_end)
+            except Exception as exc:  # noqa: BLE001 - an unreachable store: one line, poll again next interval
+                logger.warning("%s: not polled: the store is unreachable: %s", name, _first_line(exc))
+                return PollReport(name, "not_polled", "store unreachable")
         if isinstance(taken, PollRefusal):
             logger.debug("%s: not polled (%s)", name, taken.reason)
             return PollReport(name, "not_polled", taken.reason)
         watch: LeaseWatch | None = None
-        if not taken.held and next_due is not None:
-            margin = min(1.0, max(0.02, interval / 4))
+        if not taken.held and hold_by is not None:
             store = self.store
 
             def take() -> bool:
                 at = time.time()
                 return store.extend_poll_lease(name, token, at + lease_seconds, at)
 
-            watch = watchdog.watch(next_due - margin, take, name)
+            watch = watchdog.watch(hold_by, take, name)
         hold_until = started + interval / 2 if scheduled else None
         return self._poll_leased(definition, taken, watch, hold_until)
 

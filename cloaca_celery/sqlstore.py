@@ -231,7 +231,9 @@ def _tune_sqlite(engine: Engine, memory: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A single read runs in autocommit (the driver's isolation_level is None): no write lock.
+        if not connection.get_execution_options().get("cloaca_read"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def redact_url(url: str) -> str:
@@ -260,7 +262,7 @@ class SqlStore:
         self._schema_ready = False
         # Single reads need no transaction: one round trip instead of three.
         self._reader = (
-            self.engine if self.dialect == "sqlite"
+            self.engine.execution_options(cloaca_read=True) if self.dialect == "sqlite"
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
 
@@ -348,7 +350,7 @@ class SqlStore:
         due = and_(
             t.c.enabled.is_(True),
             t.c.registered.is_(True),
-            t.c.next_poll_at <= now + horizon,
+            t.c.next_poll_at <= now + _horizon(horizon),
             or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
         )
         advanced = case(
@@ -363,13 +365,17 @@ class SqlStore:
                     pick = pick.with_for_update(skip_locked=True)
                 rows = conn.execute(
                     update(t)
-                    .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now + horizon)
+                    .where(t.c.trigger_name.in_(pick.scalar_subquery()),
+                           t.c.next_poll_at <= now + _horizon(horizon))
                     .values(**stamped)
-                    .returning(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at)
+                    .returning(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at, t.c.consecutive_errors)
                 ).all()
-                return [due_poll(r.trigger_name, r.poll_interval, r.next_poll_at) for r in rows]
+                return [
+                    due_poll(r.trigger_name, r.poll_interval, r.next_poll_at, r.consecutive_errors)
+                    for r in rows
+                ]
             picked = conn.execute(
-                select(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at)
+                select(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at, t.c.consecutive_errors)
                 .where(due)
                 .order_by(t.c.next_poll_at)
                 .limit(limit)
@@ -380,20 +386,25 @@ class SqlStore:
                     update(t).where(t.c.trigger_name.in_([r.trigger_name for r in picked])).values(**stamped)
                 )
         return [
-            due_poll(r.trigger_name, r.poll_interval, advance(r.next_poll_at, r.poll_interval, now))
+            due_poll(r.trigger_name, r.poll_interval, advance(r.next_poll_at, r.poll_interval, now),
+                     r.consecutive_errors)
             for r in picked
         ]
 
     def begin_poll(
-        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
+        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True,
+        slot_end: float | None = None,
     ) -> PollLease | PollRefusal:
         t = schedules
         if hold:
+            conditions = [t.c.trigger_name == name, t.c.enabled.is_(True),
+                          or_(_lease_free(now), t.c.poll_token.is_(None))]
+            if slot_end is not None:
+                conditions.append(t.c.next_poll_at <= slot_end)
             with self.engine.begin() as conn:
                 taken = conn.execute(
                     update(t)
-                    .where(t.c.trigger_name == name, t.c.enabled.is_(True),
-                           or_(_lease_free(now), t.c.poll_token.is_(None)))
+                    .where(*conditions)
                     .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
                 ).rowcount
                 row = conn.execute(_POLL_ROW, {"name": name}).first()
@@ -404,6 +415,8 @@ class SqlStore:
             return PollRefusal(name, "missing")
         refusal = lease_refusal(name, row.enabled, row.poll_lease_until, row.poll_token, now)
         if hold and not taken:
+            if refusal is None and slot_end is not None and float(row.next_poll_at) > slot_end:
+                return PollRefusal(name, "late")
             return refusal or PollRefusal(name, "running")
         if not hold and refusal is not None:
             return refusal
@@ -463,9 +476,11 @@ class SqlStore:
             values["dedup_count"] = t.c.dedup_count + 1
         if not values:
             return True
-        conditions = [t.c.trigger_name == lease.trigger_name, t.c.state_version == lease.state_version]
+        conditions = [t.c.trigger_name == lease.trigger_name]
         if lease.held:
             conditions.append(t.c.poll_token == lease.token)
+        if outcome.state is not None:
+            conditions.append(t.c.state_version == lease.state_version)
         with self.engine.begin() as conn:
             done = conn.execute(update(t).where(*conditions).values(**values)).rowcount
         return bool(done)
@@ -621,8 +636,14 @@ class SqlStore:
 
 _POLL_ROW = select(
     schedules.c.enabled, schedules.c.state, schedules.c.state_version, schedules.c.consecutive_errors,
-    schedules.c.poll_lease_until, schedules.c.poll_token,
+    schedules.c.poll_lease_until, schedules.c.poll_token, schedules.c.next_poll_at,
 ).where(schedules.c.trigger_name == bindparam("name"))
+
+
+def _horizon(horizon: float) -> Any:
+    """:func:`cloaca_celery.store.claim_horizon` in SQL."""
+    half = schedules.c.poll_interval / 2
+    return case((half < horizon, half), else_=horizon)
 
 
 def _lease_free(now: float) -> Any:

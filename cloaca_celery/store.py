@@ -40,6 +40,7 @@ class DuePoll:
     poll_interval: float
     due: float = field(default=0.0, compare=False)
     next_due: float = field(default=0.0, compare=False)
+    errors: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,15 @@ def advance(next_poll_at: float, interval: float, now: float) -> float:
     return following if following > now else now + float(interval)
 
 
-def due_poll(name: str, interval: float, next_due: float) -> DuePoll:
-    """A claimed slot, from the row's new ``next_poll_at``."""
+def due_poll(name: str, interval: float, next_due: float, errors: int) -> DuePoll:
+    """A claimed slot, from the row's new ``next_poll_at`` and its ``consecutive_errors``."""
     interval, next_due = float(interval), float(next_due)
-    return DuePoll(name, interval, due=next_due - interval, next_due=next_due)
+    return DuePoll(name, interval, due=next_due - interval, next_due=next_due, errors=int(errors))
+
+
+def claim_horizon(horizon: float, interval: float) -> float:
+    """How far ahead a slot may be claimed: the dispatcher's horizon, at most half an interval."""
+    return min(float(horizon), float(interval) / 2)
 
 
 def lease_refusal(
@@ -167,6 +173,9 @@ class Store(Protocol):
     def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
         """Atomically take the poll slot of up to ``limit`` enabled triggers due by ``now + horizon``.
 
+        The horizon of a trigger is at most half its interval
+        (:func:`claim_horizon`).
+
         Each claimed row's ``next_poll_at`` moves one interval on (or to
         ``now + interval`` when it fell behind), so concurrent dispatchers
         split the due triggers between them instead of doubling them. A slot
@@ -175,7 +184,8 @@ class Store(Protocol):
         ...
 
     def begin_poll(
-        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
+        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True,
+        slot_end: float | None = None,
     ) -> PollLease | PollRefusal:
         """Start a poll if the trigger is enabled and no other poll holds it.
 
@@ -184,6 +194,9 @@ class Store(Protocol):
         stamped. Without it nothing is written: the row is read and the poll
         is refused if the trigger is disabled or another poll holds a live
         lease (``running``, or ``too_soon`` for a lease kept after a late poll).
+        With ``slot_end`` (a late scheduled poll, whose slot ends then) the
+        lease is taken only while the next slot is not claimed yet
+        (``next_poll_at <= slot_end``); otherwise the poll is refused as ``late``.
         """
         ...
 

@@ -36,6 +36,7 @@ from cloaca_celery.store import (
 
 from .models import TriggerClaim, TriggerExecution, TriggerSchedule
 
+CLAIMED = ("trigger_name", "poll_interval", "next_poll_at", "consecutive_errors")
 SCHEDULE_FIELDS = (
     "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
     "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
@@ -137,38 +138,50 @@ class DjangoStore:
                 picked = list(
                     rows.due(now, horizon).order_by("next_poll_at")
                     .select_for_update(skip_locked=True)
-                    .values_list("trigger_name", "poll_interval", "next_poll_at")[:limit]
+                    .values_list(*CLAIMED)[:limit]
                 )
                 if picked:
                     rows.filter(pk__in=[p[0] for p in picked]).update(**stamped)
-            return [due_poll(name, interval, advance(at, interval, now)) for name, interval, at in picked]
+            return [
+                due_poll(name, interval, advance(at, interval, now), errors)
+                for name, interval, at, errors in picked
+            ]
         candidates = list(
             rows.due(now, horizon).order_by("next_poll_at")
-            .values_list("trigger_name", "poll_interval", "next_poll_at")[:limit]
+            .values_list(*CLAIMED)[:limit]
         )
         won: list[DuePoll] = []
-        for name, interval, next_poll_at in candidates:
+        for name, interval, next_poll_at, errors in candidates:
             taken = rows.filter(pk=name, next_poll_at=next_poll_at).update(**stamped)
             if taken:
-                won.append(due_poll(name, interval, advance(next_poll_at, interval, now)))
+                won.append(due_poll(name, interval, advance(next_poll_at, interval, now), errors))
         return won
 
     def begin_poll(
-        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True
+        self, name: str, now: float, lease_seconds: float, token: str, *, hold: bool = True,
+        slot_end: float | None = None,
     ) -> PollLease | PollRefusal:
         rows = TriggerSchedule.objects.using(self.using)
         taken = 0
         if hold:
-            taken = rows.filter(pk=name, enabled=True).filter(
+            candidates = rows.filter(pk=name, enabled=True).filter(
                 _lease_free(now) | Q(poll_token__isnull=True)
-            ).update(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
+            )
+            if slot_end is not None:
+                candidates = candidates.filter(next_poll_at__lte=slot_end)
+            taken = candidates.update(
+                poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now)
+            )
         row = rows.filter(pk=name).values(
             "enabled", "state", "state_version", "consecutive_errors", "poll_lease_until", "poll_token",
+            "next_poll_at",
         ).first()
         if row is None:
             return PollRefusal(name, "missing")
         refusal = lease_refusal(name, row["enabled"], row["poll_lease_until"], row["poll_token"], now)
         if hold and not taken:
+            if refusal is None and slot_end is not None and float(row["next_poll_at"]) > slot_end:
+                return PollRefusal(name, "late")
             return refusal or PollRefusal(name, "running")
         if not hold and refusal is not None:
             return refusal
@@ -188,11 +201,13 @@ class DjangoStore:
         self, lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None = None
     ) -> bool:
         values: dict[str, Any] = {}
-        conditions: dict[str, Any] = {"pk": lease.trigger_name, "state_version": lease.state_version}
+        conditions: dict[str, Any] = {"pk": lease.trigger_name}
         if lease.held:
             kept = hold_until is not None and hold_until > now
             values.update(poll_lease_until=hold_until if kept else None, poll_token=None)
             conditions["poll_token"] = lease.token
+        if outcome.state is not None:
+            conditions["state_version"] = lease.state_version
         if outcome.error is not None:
             values.update(
                 consecutive_errors=F("consecutive_errors") + 1,

@@ -391,6 +391,35 @@ def test_claim_due_with_a_horizon_takes_slots_due_soon_and_keeps_their_time(stor
     assert store.claim_due(T0, 10, horizon=0.5) == []  # the slot was taken once
 
 
+def test_the_claim_horizon_is_at_most_half_an_interval(store: SqlStore) -> None:
+    store.sync_triggers([spec("fast", 1.0), spec("slow", 8.0)], T0)
+    assert claimed(store, T0 - 0.75, 10) == []
+    assert sorted(d.trigger_name for d in store.claim_due(T0 - 0.75, 10, horizon=0.8)) == ["slow"]
+    assert [d.trigger_name for d in store.claim_due(T0 - 0.5, 10, horizon=0.8)] == ["fast"]
+
+
+def test_a_late_poll_takes_the_lease_only_while_the_next_slot_is_unclaimed(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders", 1.0), spec("other", 1.0)], T0)
+    [slot] = [d for d in store.claim_due(T0, 10) if d.trigger_name == "orders"]
+    late = store.begin_poll("orders", T0 + 0.8, LEASE, "tok-a", slot_end=slot.next_due)
+    assert isinstance(late, PollLease) and late.held
+    assert store.finish_poll(late, PollOutcome(), T0 + 0.85) is True
+    [next_slot] = [d for d in store.claim_due(T0 + 1, 10) if d.trigger_name == "orders"]
+    refused = store.begin_poll("orders", T0 + 1.9, LEASE, "tok-b", slot_end=slot.next_due)
+    assert refused == PollRefusal("orders", "late")  # its own slot is over: the next one was sent
+    assert store.get_schedule("orders")["last_poll_at"] == utc(T0 + 1)
+    assert isinstance(store.begin_poll("orders", T0 + 1.9, LEASE, "tok-c", slot_end=next_slot.next_due),
+                      PollLease)
+
+
+def test_claimed_slots_carry_the_error_count(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders", 5.0)], T0)
+    lease = lease_of(store, "orders", T0)
+    assert store.finish_poll(lease, PollOutcome(error="ValueError: x"), T0 + 1) is True
+    [slot] = store.claim_due(T0 + 2, 10)
+    assert slot.errors == 1
+
+
 def test_an_unheld_poll_writes_nothing_and_sees_state_and_errors(store: SqlStore) -> None:
     store.sync_triggers([spec("orders")], T0)
     manual = lease_of(store, "orders", T0)

@@ -368,20 +368,23 @@ def test_first_poll_creates_the_schedule_row(installation: Installation, receive
 
 
 @pytest.fixture
-def writes(installation: Installation) -> Iterator[list[str]]:
-    """The INSERT/UPDATE/DELETE statements the store sends from now on."""
+def statements(installation: Installation) -> Iterator[list[str]]:
+    """Every SQL statement the store sends from now on."""
     from sqlalchemy import event
 
     engine = installation.store.engine  # type: ignore[attr-defined]
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
-            seen.append(statement)
+        seen.append(statement.lstrip())
 
     event.listen(engine, "before_cursor_execute", record)
     yield seen
     event.remove(engine, "before_cursor_execute", record)
+
+
+def only_writes(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
 
 
 def slot_of(installation: Installation, name: str, now: float) -> Any:
@@ -389,23 +392,23 @@ def slot_of(installation: Installation, name: str, now: float) -> Any:
     return slot
 
 
-def test_an_on_time_scheduled_skip_writes_nothing(installation: Installation, writes: list[str]) -> None:
+def test_an_on_time_scheduled_skip_writes_nothing(installation: Installation, statements: list[str]) -> None:
     @trigger(workflow="recorded", poll_interval="10s")
     def idle() -> TriggerResult:
         return TriggerResult.skip()
 
     installation.store.sync_triggers([spec_of_name("idle")], time.time())
     slot = slot_of(installation, "idle", time.time())
-    writes.clear()
+    statements.clear()
 
     for _ in range(3):
         report = installation.poller().poll("idle", scheduled=True, next_due=slot.next_due)
         assert report.status == "skipped"
-    assert writes == []
+    assert only_writes(statements) == []
 
 
 def test_a_scheduled_fire_and_an_error_are_written(installation: Installation, received: list[Any],
-                                                   writes: list[str]) -> None:
+                                                   statements: list[str]) -> None:
     calls = []
 
     @trigger(workflow="recorded", poll_interval="10s", allow_concurrent=True)
@@ -423,7 +426,7 @@ def test_a_scheduled_fire_and_an_error_are_written(installation: Installation, r
     row = installation.store.get_schedule("flaky")
     assert row["consecutive_errors"] == 0 and row["last_fire_at"] is not None
     assert [c["n"] for c in received] == [1]
-    assert writes  # the error, the execution row, the fire time
+    assert only_writes(statements)  # the error, the execution row, the fire time
 
 
 def test_a_late_scheduled_poll_keeps_the_next_slot_half_an_interval_away(installation: Installation) -> None:
@@ -434,7 +437,7 @@ def test_a_late_scheduled_poll_keeps_the_next_slot_half_an_interval_away(install
     t0 = time.time()
     installation.store.sync_triggers([spec_of_name("late")], t0)
     slot = slot_of(installation, "late", t0)
-    started = slot.next_due - 2.0  # 8 s into a 10 s slot: late
+    started = slot.next_due - 0.5  # 9.5 s into a 10 s slot: past its hold_by, late
     report = installation.poller().poll("late", now=started, scheduled=True, next_due=slot.next_due)
     assert report.status == "skipped"
     assert installation.store.claim_due(slot.next_due, 100) == []  # held until started + 5 s
@@ -466,3 +469,44 @@ def spec_of_name(name: str) -> Any:
     from cloaca_celery.triggers import triggers
 
     return spec_of(triggers.get(name))
+
+
+def test_a_dispatched_poll_of_a_stateless_trigger_does_not_touch_the_store(
+    installation: Installation, statements: list[str]
+) -> None:
+    @trigger(workflow="recorded", poll_interval="10s")
+    def bare() -> TriggerResult:
+        return TriggerResult.skip()
+
+    @trigger(workflow="recorded", poll_interval="10s")
+    def keeps(state: dict[str, Any]) -> TriggerResult:
+        return TriggerResult.skip()
+
+    installation.store.sync_triggers([spec_of_name("bare"), spec_of_name("keeps")], time.time())
+    slots = {d.trigger_name: d for d in installation.store.claim_due(time.time(), 100)}
+    statements.clear()
+    for name in ("bare", "keeps"):
+        slot = slots[name]
+        report = installation.poller().poll(
+            name, scheduled=True, next_due=slot.next_due, hold_by=slot.next_due - 1, errors=slot.errors
+        )
+        assert report.status == "skipped"
+    assert len(statements) == 1 and statements[0].upper().startswith("SELECT")  # keeps reads its state
+
+
+def test_a_dispatched_poll_resets_the_error_count_it_was_sent(installation: Installation) -> None:
+    @trigger(workflow="recorded", poll_interval="10s")
+    def healed() -> TriggerResult:
+        return TriggerResult.skip()
+
+    store = installation.store
+    store.sync_triggers([spec_of_name("healed")], time.time())
+    lease = store.begin_poll("healed", time.time(), 30, "t")
+    from cloaca_celery.store import PollLease, PollOutcome
+
+    assert isinstance(lease, PollLease)
+    store.finish_poll(lease, PollOutcome(error="RuntimeError: down"), time.time())
+    [slot] = store.claim_due(time.time() + 1, 100)
+    assert slot.errors == 1
+    installation.poller().poll("healed", scheduled=True, next_due=slot.next_due, errors=slot.errors)
+    assert store.get_schedule("healed")["consecutive_errors"] == 0
