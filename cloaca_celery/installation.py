@@ -23,7 +23,7 @@ from celery import Celery, signals
 from .dispatch import DISPATCH_TASK, POLL_TASK, DispatchSchedule, auto_dispatch_interval, dispatch_due
 from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
-from .logs import quiet_plumbing_logs
+from .logs import one_line, quiet_plumbing_logs
 from .polling import COMPLETE_TASK, FAILED_TASK, Poller, spec_of
 from .registry import sweep
 from .settings import Settings, check_option_names, resolve_settings
@@ -275,10 +275,12 @@ def install(app: Celery, **options: Any) -> Installation:
         execution_id = _execution_of(args)
         if execution_id is None or getattr(task, "app", None) is not app:
             return
+        if getattr(task, "name", None) in (COMPLETE_TASK, FAILED_TASK):
+            return  # the workflow's own steps are over: nothing starts running here
         try:
             installation.store.mark_running(execution_id, datetime.now(timezone.utc))
         except Exception as exc:  # noqa: BLE001 - the step runs whether or not history is written
-            logger.warning("execution %s: could not mark it running: %s", execution_id, exc)
+            logger.warning("execution %s: could not mark it running: %s", execution_id, one_line(exc))
 
     def on_task_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
         execution_id = _execution_of(getattr(request, "args", None))
@@ -331,9 +333,11 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
         """End executions whose end was never reported (see :mod:`cloaca_celery.registry`)."""
         return sweep(app, installation.settings, installation.store)
 
+    # Recording the end retries through a store outage: 1, 2, 4 ... 60 s apart, for about 15 minutes.
     @app.task(
         name=COMPLETE_TASK, shared=False, ignore_result=False, serializer="json",
-        autoretry_for=(Exception,), max_retries=5, default_retry_delay=2,
+        autoretry_for=(Exception,), max_retries=20, retry_backoff=1, retry_backoff_max=60,
+        retry_jitter=False,
     )
     def complete(result: Any = None, *, execution: dict[str, Any]) -> Any:
         """The last step of every fired workflow: records its success and releases the claim."""
@@ -350,7 +354,8 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
 
     @app.task(
         name=FAILED_TASK, shared=False, ignore_result=True, serializer="json",
-        autoretry_for=(Exception,), max_retries=5, default_retry_delay=2,
+        autoretry_for=(Exception,), max_retries=20, retry_backoff=1, retry_backoff_max=60,
+        retry_jitter=False,
     )
     def failed(failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
         """Linked as the error callback of every step: records the failure and releases the claim."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 
 QUIET_TASKS = frozenset({"cloaca.dispatch", "cloaca.poll"})
-_LOGGERS = ("celery.beat", "celery.app.trace", "celery.worker.strategy")
+_LOGGERS = ("celery.beat", "celery.app.trace", "celery.worker.strategy", "celery.worker.request")
 
 
 class PlumbingFilter(logging.Filter):
@@ -66,3 +66,9 @@ def log_throttled(log: logging.Logger, key: str, level: int, message: str, *args
         _last_logged[key] = now
     log.log(level, message, *args)
     return True
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``: database errors carry the SQL and a link after it."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"

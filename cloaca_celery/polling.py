@@ -22,6 +22,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from .context import canonical_json, check_json_value, context_hash
 from .errors import ContextError, UnknownTriggerError
+from .logs import one_line
 from .results import TriggerResult
 from .settings import Settings
 from .store import NewExecution, PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
@@ -201,7 +202,7 @@ class Poller:
                     taken = self.store.begin_poll(name, started, lease_seconds, token, hold=hold,
                                                   slot_end=slot_end)
             except Exception as exc:  # noqa: BLE001 - an unreachable store: one line, poll again next interval
-                logger.warning("%s: not polled: the store is unreachable: %s", name, _first_line(exc))
+                logger.warning("%s: not polled: the store is unreachable: %s", name, one_line(exc))
                 return PollReport(name, "not_polled", "store unreachable")
         if isinstance(taken, PollRefusal):
             logger.debug("%s: not polled (%s)", name, taken.reason)
@@ -272,7 +273,7 @@ class Poller:
                 time.time(), hold_until,
             )
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself; report and go on
-            logger.warning("%s: poll outcome not saved: the store is unreachable: %s", name, _first_line(exc))
+            logger.warning("%s: poll outcome not saved: the store is unreachable: %s", name, one_line(exc))
             return report
         if not saved:
             why = "outlived its lease" if lease.held else "found its state changed by another poll"
@@ -331,11 +332,6 @@ class Poller:
             logger.error("%s: poll failed: %s", definition.name, error, exc_info=exc)
         else:
             logger.warning("%s: poll failed (%d in a row): %s", definition.name, count, error)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def spec_of(definition: TriggerDefinition) -> TriggerSpec:
