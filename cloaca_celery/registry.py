@@ -103,14 +103,14 @@ def assess(
     return None
 
 
-def _active_task_ids(app: Celery, hosts: set[str]) -> set[str] | None:
+def _active_task_ids(app: Celery, hosts: set[str], timeout: float) -> set[str] | None:
     """Ids of the tasks the named workers are executing now; ``None`` if they cannot be asked."""
     if not hosts:
         return set()
     if app.conf.get("worker_enable_remote_control") is False:
         return None
     try:
-        replies = app.control.inspect(destination=sorted(hosts), timeout=1.0).active()
+        replies = app.control.inspect(destination=sorted(hosts), timeout=timeout).active()
     except Exception as exc:  # noqa: BLE001 - a broker without broadcast cannot answer
         logger.debug("sweep: workers cannot be asked (%s); relying on cloaca_claim_ttl", exc)
         return None
@@ -133,6 +133,7 @@ def _moved_on(backend: Any, execution: dict[str, Any], seen: dict[str, dict[str,
 
 def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = None) -> int:
     """End the executions whose report never came; return how many were ended."""
+    fixed_now = now
     now = now or datetime.now(timezone.utc)
     try:
         candidates = store.active_executions(now - timedelta(seconds=settings.claim_grace), SWEEP_BATCH)
@@ -160,7 +161,10 @@ def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = 
         for meta in per_task.values():
             if meta.get("status") in (states.STARTED, states.RETRY) and isinstance(meta.get("result"), dict):
                 started_hosts.add(str(meta["result"].get("hostname", "")))
-    active = _active_task_ids(app, started_hosts) if started_hosts else set()
+    # Wait for the workers' answer at most half a sweep interval (0.2 s to 1 s), so sweeps
+    # do not pile up on the pool while a dead worker keeps them waiting.
+    ask_for = min(1.0, max(0.2, settings.sweep_interval / 2))
+    active = _active_task_ids(app, started_hosts, ask_for) if started_hosts else set()
     for execution in candidates:
         age = (now - execution["started_at"]).total_seconds()
         verdict: Verdict | None
@@ -176,7 +180,8 @@ def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = 
             verdict = Verdict("lost", f"still unfinished after {age:.0f}s (setting cloaca_claim_ttl)")
         if verdict is None:
             continue
-        if store.finish_execution(execution["execution_id"], verdict.status, verdict.error, now):
+        ended_at = fixed_now or datetime.now(timezone.utc)  # after the workers were asked
+        if store.finish_execution(execution["execution_id"], verdict.status, verdict.error, ended_at):
             ended += 1
             logger.warning(
                 "%s: execution %s of workflow %r marked %s by the sweep: %s",
