@@ -59,8 +59,14 @@ def redis_client(redis_url: str) -> Iterator[object]:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., CeleryProject]]:
-    """``launch(module, **env)`` gives a CeleryProject; all its processes stop after the test."""
+def launch(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., CeleryProject]]:
+    """``launch(module, **env)`` gives a CeleryProject; all its processes stop after the test.
+
+    A test's Redis database is set up first when the test uses one, so that it is
+    released only after every process that used it has stopped.
+    """
+    if "redis_url" in request.fixturenames:
+        request.getfixturevalue("redis_url")
     projects: list[CeleryProject] = []
 
     def make(module: str, **env: str) -> CeleryProject:
