@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint demo clean
+.PHONY: test lint demo bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cloaca-celery needs Python 3.10 or newer (set PYTHON=python3.x)")'
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check cloaca_celery django_cloaca tests example_project
+	$(BIN)/ruff check cloaca_celery django_cloaca tests example_project benchmarks
 	$(BIN)/mypy cloaca_celery
 
 test: lint
@@ -25,6 +25,10 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/python example_project/run_demo.py
+
+# Ratio benchmarks against bare Celery (Redis and PostgreSQL needed); rewrites docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --size full
 
 clean:
 	rm -rf $(VENV) .cloaca build *.egg-info

@@ -1,0 +1,1 @@
+"""The Celery app that the benchmark's worker and beat processes run."""

@@ -1,0 +1,412 @@
+"""The measurements: each starts real worker/beat processes and returns its figures for one run.
+
+Every ratio is measured in one session with one worker configuration (same
+app module, prefork pool, concurrency 2, default prefetch, same broker): the
+bare-Celery side first, the cloaca side right after, so drift hits both.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.counting import FLUSH_PERIOD, LocalSqlCount
+from benchmarks.processes import Processes
+from benchmarks.services import Services
+
+WORKFLOW = "bench_flow"
+LONG_INTERVAL = 300.0  # so a backlog of polls never expires or runs late while it drains
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    skip_polls: int
+    fire_samples: int
+    fire_interval: float
+    fire_writes: int
+    scale_triggers: int
+    light_triggers: int
+    scale_warmup: float
+    scale_seconds: int
+    memory_triggers: int
+    memory_ticks: float
+    flush_every: int
+    runs: int
+
+
+SIZES = {
+    "full": Size("full", skip_polls=2000, fire_samples=100, fire_interval=0.2, fire_writes=200,
+                 scale_triggers=1000, light_triggers=300, scale_warmup=5.0, scale_seconds=30,
+                 memory_triggers=10_000, memory_ticks=5.0, flush_every=25, runs=3),
+    "tiny": Size("tiny", skip_polls=100, fire_samples=10, fire_interval=0.2, fire_writes=10,
+                 scale_triggers=20, light_triggers=10, scale_warmup=1.5, scale_seconds=3,
+                 memory_triggers=200, memory_ticks=1.0, flush_every=5, runs=1),
+}
+
+Figures = dict[str, Any]
+
+
+class Bench:
+    """One benchmark session: services, a work directory for logs, the runner's SQL counter."""
+
+    def __init__(self, services: Services, size: Size, workdir: Path) -> None:
+        self.svc = services
+        self.size = size
+        self.workdir = workdir
+        self.sql = LocalSqlCount()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def env(self, database_url: str, mode: str, triggers: int, interval: float) -> dict[str, str]:
+        return {
+            "BENCH_REDIS_URL": self.svc.redis_url,
+            "BENCH_DATABASE_URL": database_url,
+            "BENCH_MODE": mode,
+            "BENCH_TRIGGERS": str(triggers),
+            "BENCH_INTERVAL": repr(float(interval)),
+            "BENCH_FLUSH_EVERY": str(self.size.flush_every),
+        }
+
+    def processes(self, database_url: str, mode: str, triggers: int, interval: float) -> Processes:
+        return Processes(self.workdir, self.env(database_url, mode, triggers, interval))
+
+    def client(self) -> Any:
+        """A plain Celery app on the benchmark's broker, for the bare side."""
+        from celery import Celery
+
+        app = Celery(f"bench_client_{uuid.uuid4().hex[:6]}", broker=self.svc.redis_url,
+                     backend=self.svc.redis_url)
+        app.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
+        return app
+
+    def prepare_store(self, database_url: str, count: int, interval: float, allow_concurrent: bool) -> None:
+        """Create the tables and ``count`` schedule rows, all due now (no start-up spread)."""
+        from cloaca_celery.sqlstore import SqlStore
+        from cloaca_celery.store import TriggerSpec
+
+        store = SqlStore(database_url)
+        try:
+            store.ensure_schema()
+            specs = [TriggerSpec(trigger_name(i), WORKFLOW, float(interval), allow_concurrent)
+                     for i in range(count)]
+            store.sync_triggers(specs, time.time(), prune=False, spread=False)
+        finally:
+            store.close()
+
+    def dispatch(self, database_url: str) -> tuple[int, int, int, int]:
+        """Publish the due polls through the library's own dispatcher, from this process.
+
+        Returns (polls sent, write statements, rows written, all statements) of the dispatch.
+        """
+        from celery import Celery
+
+        import cloaca_celery as cloaca
+        from cloaca_celery.dispatch import dispatch_due
+        from cloaca_celery.installation import get_installation
+
+        app = Celery(f"bench_dispatch_{uuid.uuid4().hex[:6]}", broker=self.svc.redis_url)
+        app.conf.update(broker_connection_retry_on_startup=True)
+        cloaca.install(app, database_url=database_url)
+        installation = get_installation(app)
+        settings, store = installation.settings, installation.store
+        writes, rows, statements = self.sql.writes, self.sql.rows, self.sql.all
+        try:
+            sent = dispatch_due(app, settings, store)
+        finally:
+            writes, rows, statements = (
+                self.sql.writes - writes, self.sql.rows - rows, self.sql.all - statements
+            )
+            store.close()
+            app.close()
+        return sent, writes, rows, statements
+
+    def wait(self, check: Callable[[], Any], timeout: float, what: str, procs: Processes) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            procs.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}\n{procs.logs()}")
+            time.sleep(0.02)
+
+    def wait_ready(self, procs: Processes, workers: int = 0, beats: int = 0, timeout: float = 120) -> None:
+        self.wait(
+            lambda: (self.svc.count("bench:ready:worker") >= workers
+                     and self.svc.count("bench:ready:beat") >= beats),
+            timeout, f"{workers} worker(s) and {beats} beat(s) to start", procs,
+        )
+
+    def drain_rate(self, key: str, n: int, procs: Processes) -> float:
+        """Tasks/s while the counter ``key`` goes from 10% to 90% of ``n`` (it must reach ``n``)."""
+        samples: list[tuple[float, int]] = []
+        deadline = time.monotonic() + max(120.0, n / 5)
+        while True:
+            count = self.svc.count(key)
+            samples.append((time.monotonic(), count))
+            if count >= n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{key}: {count} of {n} done before the timeout\n{procs.logs()}")
+            if len(samples) % 50 == 0:
+                procs.check_alive()
+            time.sleep(0.005)
+        low = next(s for s in samples if s[1] >= 0.1 * n)
+        high = next(s for s in samples if s[1] >= 0.9 * n)
+        if high[0] <= low[0]:
+            low = next(s for s in samples if s[1] > 0)
+            high = samples[-1]
+        if high[0] <= low[0]:
+            raise RuntimeError(f"{key}: too few samples to time {n} tasks; use a larger size")
+        return (high[1] - low[1]) / (high[0] - low[0])
+
+    def settle_counts(self) -> None:
+        time.sleep(FLUSH_PERIOD * 4)
+
+    # -- 1. skip-poll throughput and writes per skipped poll ------------------------
+
+    def skip_throughput(self) -> Figures:
+        n = self.size.skip_polls
+        svc = self.svc
+        with svc.schema() as (schema, url):
+            self.prepare_store(url, n, LONG_INTERVAL, allow_concurrent=False)
+
+            # Bare Celery: n no-op tasks waiting, then the worker starts and drains them.
+            svc.reset_redis()
+            client = self.client()
+            with client.producer_or_acquire() as producer:
+                for _ in range(n):
+                    client.send_task("bench.noop", producer=producer)
+            client.close()
+            before = svc.settled_rows_written(schema)
+            with self.processes(url, "skip", n, LONG_INTERVAL) as procs:
+                procs.worker()
+                bare_rate = self.drain_rate("bench:done:bench.noop", n, procs)
+                self.settle_counts()
+                bare_writes, bare_all = svc.count("bench:sql:write"), svc.count("bench:sql:all")
+            bare_rows = svc.settled_rows_written(schema) - before
+
+            # cloaca: the dispatcher claims the n due slots and publishes n polls; same worker.
+            svc.reset_redis()
+            before = svc.settled_rows_written(schema)
+            sent, dispatch_writes, dispatch_rows, dispatch_all = self.dispatch(url)
+            if sent != n:
+                raise RuntimeError(f"the dispatcher sent {sent} polls, expected {n}")
+            with self.processes(url, "skip", n, LONG_INTERVAL) as procs:
+                procs.worker()
+                rate = self.drain_rate("bench:done:cloaca.poll", n, procs)
+                self.settle_counts()
+                writes = svc.count("bench:sql:write") + dispatch_writes
+                counted_rows = svc.count("bench:sql:rows") + dispatch_rows
+                statements = svc.count("bench:sql:all") + dispatch_all
+            rows = svc.settled_rows_written(schema) - before
+        return {
+            "skip_rowcount": counted_rows / n,
+            "skip_rate": rate, "skip_rate_bare": bare_rate, "skip_ratio": rate / bare_rate,
+            "skip_rows": rows / n, "skip_rows_bare": bare_rows / n,
+            "skip_writes": writes / n, "skip_writes_bare": bare_writes / n,
+            "skip_statements": statements / n, "skip_statements_bare": bare_all / n,
+        }
+
+    # -- 2. fire latency --------------------------------------------------------------
+
+    def fire_latency(self) -> Figures:
+        k, warm = self.size.fire_samples, 3
+        svc = self.svc
+        with svc.schema() as (_schema, url):
+            svc.reset_redis()
+            with self.processes(url, "latency", 1, self.size.fire_interval) as procs:
+                procs.worker()
+                self.wait_ready(procs, workers=1)
+                client = self.client()
+                bare: list[float] = []
+                try:
+                    for _ in range(warm + k):
+                        started = time.perf_counter()
+                        result = client.send_task("bench.ping")
+                        result.get(timeout=30)
+                        bare.append(time.perf_counter() - started)
+                        result.forget()
+                finally:
+                    client.close()
+                procs.beat()
+                timeout = 120 + (warm + k) * self.size.fire_interval * 3
+                self.wait(lambda: svc.redis.llen("bench:fire_latency") >= warm + k, timeout,
+                          f"{warm + k} fires", procs)
+                fired = [float(v) for v in svc.redis.lrange("bench:fire_latency", warm, warm + k - 1)]
+        bare = bare[warm:]
+        figures = {
+            "fire_p50": percentile(fired, 50), "fire_p99": percentile(fired, 99),
+            "fire_p50_bare": percentile(bare, 50), "fire_p99_bare": percentile(bare, 99),
+        }
+        figures["fire_p50_ratio"] = figures["fire_p50"] / figures["fire_p50_bare"]
+        figures["fire_p99_ratio"] = figures["fire_p99"] / figures["fire_p99_bare"]
+        return figures
+
+    # -- 3. writes per fire -------------------------------------------------------------
+
+    def fire_writes(self) -> Figures:
+        m = self.size.fire_writes
+        svc = self.svc
+        with svc.schema() as (schema, url):
+            self.prepare_store(url, m, LONG_INTERVAL, allow_concurrent=False)
+            svc.reset_redis()
+            before = svc.settled_rows_written(schema)
+            sent, dispatch_writes, dispatch_rows, dispatch_all = self.dispatch(url)
+            if sent != m:
+                raise RuntimeError(f"the dispatcher sent {sent} polls, expected {m}")
+            with self.processes(url, "fire", m, LONG_INTERVAL) as procs:
+                procs.worker()
+                self.wait(lambda: svc.count("bench:done:cloaca.complete") >= m, 120 + m,
+                          f"{m} fired workflows to complete", procs)
+                self.settle_counts()
+                writes = svc.count("bench:sql:write") + dispatch_writes
+                counted_rows = svc.count("bench:sql:rows") + dispatch_rows
+                statements = svc.count("bench:sql:all") + dispatch_all
+            rows = svc.settled_rows_written(schema) - before
+        return {
+            "fire_rows": rows / m, "fire_rowcount": counted_rows / m,
+            "fire_writes": writes / m, "fire_statements": statements / m,
+        }
+
+    # -- 4. scale: many triggers at 1 s, one beat, two workers -----------------------------
+
+    def scale(self, count: int, key: str) -> Figures:
+        """``count`` triggers at 1 s with one beat and two workers; figures named ``<key>_...``."""
+        seconds, interval = self.size.scale_seconds, 1.0
+        svc = self.svc
+        counters = (
+            "bench:dispatched", "bench:expired:cloaca.poll", "bench:sql:write", "bench:sql:rows",
+            "bench:sql:all",
+        )
+        with svc.schema() as (_schema, url):
+            svc.reset_redis()
+            with self.processes(url, "scale", count, interval) as procs:
+                procs.beat()
+                procs.worker("worker1")
+                procs.worker("worker2")
+                self.wait_ready(procs, workers=2, beats=1)
+                time.sleep(self.size.scale_warmup)
+                start = math.ceil(time.time())
+                end = start + seconds
+                time.sleep(max(0.0, start - time.time()))
+                before = [svc.count(c) for c in counters]
+                time.sleep(max(0.0, end - time.time()))
+                after = [svc.count(c) for c in counters]
+                procs.check_alive()
+                time.sleep(1.0 + FLUSH_PERIOD * 4)  # the last second's polls finish and are flushed
+                buckets = svc.redis.hgetall("bench:polls")
+                late = [v.decode() for v in svc.redis.lrange("bench:late", 0, -1)]
+        sent, expired, writes, rows, statements = (b - a for a, b in zip(before, after, strict=True))
+        executed = sum(int(v) for k, v in buckets.items() if start <= int(k) < end)
+        expected = count * seconds / interval
+        lateness, method = lateness_samples(late, start, end, interval)
+        per_poll = max(executed, 1)
+        return {
+            f"{key}_share": executed / expected,
+            f"{key}_rate": executed / seconds,
+            f"{key}_sent": sent / seconds,
+            f"{key}_expired": expired / seconds,
+            f"{key}_late_p50": percentile(lateness, 50) * 1000 if lateness else math.nan,
+            f"{key}_late_p99": percentile(lateness, 99) * 1000 if lateness else math.nan,
+            f"{key}_late_method": method,
+            f"{key}_rows": rows / per_poll,
+            f"{key}_writes": writes / per_poll,
+            f"{key}_statements": statements / per_poll,
+        }
+
+    # -- 5. beat memory ---------------------------------------------------------------------
+
+    def beat_memory(self) -> Figures:
+        import psutil
+
+        figures: Figures = {}
+        for label, count in (("none", 0), ("many", self.size.memory_triggers)):
+            with self.svc.schema() as (_schema, url):
+                self.svc.reset_redis()
+                with self.processes(url, "skip", count, 1.0) as procs:
+                    beat = procs.beat()
+                    self.wait_ready(procs, beats=1, timeout=300)
+                    ready = time.time()
+                    process = psutil.Process(beat.pid)
+                    cpu = sum(process.cpu_times()[:2])
+                    time.sleep(self.size.memory_ticks)
+                    cpu = sum(process.cpu_times()[:2]) - cpu
+                    figures[f"beat_rss_{label}"] = process.memory_info().rss / 2**20
+                    figures[f"beat_start_{label}"] = ready - beat.started
+                    figures[f"beat_cpu_{label}"] = 100 * cpu / self.size.memory_ticks
+        figures["beat_rss_ratio"] = figures["beat_rss_many"] / figures["beat_rss_none"]
+        figures["beat_bytes_per_trigger"] = (
+            (figures["beat_rss_many"] - figures["beat_rss_none"]) * 2**20 / self.size.memory_triggers
+        )
+        return figures
+
+    def run_once(self, progress: Callable[[str], None]) -> Figures:
+        figures: Figures = {}
+        for name, step in (
+            ("skip-poll throughput", self.skip_throughput),
+            ("fire latency", self.fire_latency),
+            ("writes per fire", self.fire_writes),
+            ("scale", lambda: self.scale(self.size.scale_triggers, "scale")),
+            ("scale, lighter load", lambda: self.scale(self.size.light_triggers, "light")),
+            ("beat memory", self.beat_memory),
+        ):
+            started = time.monotonic()
+            figures.update(step())
+            progress(f"  {name}: {time.monotonic() - started:.1f}s")
+        return figures
+
+
+def trigger_name(index: int) -> str:
+    """The names ``benchmarks.apps.bench_app`` gives its triggers."""
+    return f"bench_{index:05d}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile, interpolated between the closest ranks."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def lateness_samples(
+    entries: list[str], start: float, end: float, interval: float
+) -> tuple[list[float], str]:
+    """Poll lateness (seconds) of polls that started in ``[start, end)``, and how it was found.
+
+    Polls that carry the dispatcher's ``due`` give ``start - due``. Without it,
+    each trigger's starts are compared with its ideal schedule: its first
+    start plus whole intervals.
+    """
+    with_due: list[float] = []
+    starts: dict[str, list[float]] = defaultdict(list)
+    for entry in entries:
+        stamp, value, name = entry.split(" ", 2)
+        at = float(stamp)
+        if value == "-":
+            starts[name].append(at)
+        elif start <= at < end:
+            with_due.append(float(value))
+    if with_due:
+        return with_due, "poll start - due"
+    from_schedule: list[float] = []
+    for times in starts.values():
+        times.sort()
+        first = times[0]
+        for at in times[1:]:
+            if start <= at < end:
+                slot = round((at - first) / interval)
+                from_schedule.append(at - (first + slot * interval))
+    return from_schedule, "poll start - (first start + k * interval)"

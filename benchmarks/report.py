@@ -1,0 +1,281 @@
+"""The results table, the machine description and the ``docs/performance.md`` page."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from benchmarks.measure import Size
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    cloaca: str
+    bare: str | None = None
+    ratio: str | None = None
+    target: str = "—"
+    met: Callable[[float], bool] | None = None  # applied to the ratio if there is one, else to cloaca
+    digits: int = 2
+
+
+def rows(size: Size) -> list[Row]:
+    heavy = f"{size.scale_triggers:,} at 1 s"
+    light = f"{size.light_triggers:,} at 1 s"
+    memory = f"{size.memory_triggers:,} triggers vs none"
+    at_most_one: Callable[[float], bool] = lambda v: v <= 1  # noqa: E731 - a table of targets
+    return [
+        Row("Skip-poll throughput, tasks/s (one worker, prefork -c 2)", "skip_rate", "skip_rate_bare",
+            "skip_ratio", "ratio ≥ 0.80", lambda v: v >= 0.80, 0),
+        Row("Fire latency p50, ms (poll start → first step; bare: no-op round trip)", "fire_p50",
+            "fire_p50_bare", "fire_p50_ratio", "ratio ≤ 2.0", lambda v: v <= 2.0, 1),
+        Row("Fire latency p99, ms", "fire_p99", "fire_p99_bare", "fire_p99_ratio", digits=1),
+        Row(f"Scale {heavy}: share of expected polls executed (1 beat, 2 workers -c 2)", "scale_share",
+            target="≥ 0.95", met=lambda v: v >= 0.95, digits=3),
+        Row(f"Scale {heavy}: polls executed per second", "scale_rate", digits=0),
+        Row(f"Scale {heavy}: polls sent by the dispatcher per second", "scale_sent", digits=0),
+        Row(f"Scale {heavy}: polls expired unrun per second", "scale_expired", digits=0),
+        Row(f"Scale {heavy}: poll lateness p50, ms", "scale_late_p50", digits=1),
+        Row(f"Scale {heavy}: poll lateness p99, ms", "scale_late_p99", target="≤ 100 ms",
+            met=lambda v: v <= 100, digits=1),
+        Row(f"Scale {heavy}: store write statements per executed poll", "scale_writes",
+            target="≤ 1", met=at_most_one),
+        Row(f"Scale {heavy}: store rows written per executed poll (rowcount)", "scale_rows",
+            target="≤ 1", met=at_most_one),
+        Row(f"Scale {light}: share of expected polls executed", "light_share",
+            target="≥ 0.95", met=lambda v: v >= 0.95, digits=3),
+        Row(f"Scale {light}: poll lateness p50, ms", "light_late_p50", digits=1),
+        Row(f"Scale {light}: poll lateness p99, ms", "light_late_p99", target="≤ 100 ms",
+            met=lambda v: v <= 100, digits=1),
+        Row(f"Scale {light}: store write statements per executed poll", "light_writes",
+            target="≤ 1", met=at_most_one),
+        Row(f"Scale {light}: store rows written per executed poll (rowcount)", "light_rows",
+            target="≤ 1", met=at_most_one),
+        Row("Backlog of skipped polls: store rows written per poll (pg_stat_user_tables)", "skip_rows",
+            "skip_rows_bare", target="≤ 1", met=at_most_one),
+        Row("Backlog of skipped polls: store write statements per poll (SQLAlchemy)", "skip_writes",
+            "skip_writes_bare", target="≤ 1", met=at_most_one),
+        Row("Backlog of skipped polls: store statements of any kind per poll", "skip_statements",
+            "skip_statements_bare"),
+        Row("Store rows written per fire (pg_stat_user_tables)", "fire_rows"),
+        Row("Store write statements per fire (SQLAlchemy)", "fire_writes"),
+        Row("Store statements of any kind per fire", "fire_statements"),
+        Row(f"Beat RSS, MiB ({memory})", "beat_rss_many", "beat_rss_none", "beat_rss_ratio", digits=1),
+        Row("Beat memory per trigger, bytes", "beat_bytes_per_trigger", digits=0),
+        Row(f"Beat start-up (process start to cloaca's sync done), s ({memory})",
+            "beat_start_many", "beat_start_none", digits=1),
+        Row(f"Beat CPU while ticking, % of a core ({memory})", "beat_cpu_many", "beat_cpu_none", digits=1),
+    ]
+
+
+def median_spread(runs: list[dict[str, Any]], key: str) -> tuple[float, float, float]:
+    values = [float(r[key]) for r in runs if key in r and not math.isnan(float(r[key]))]
+    if not values:
+        return math.nan, math.nan, math.nan
+    return statistics.median(values), min(values), max(values)
+
+
+def cell(runs: list[dict[str, Any]], key: str | None, digits: int) -> str:
+    if key is None:
+        return "—"
+    middle, low, high = median_spread(runs, key)
+    if math.isnan(middle):
+        return "n/a"
+    text = f"{middle:,.{digits}f}"
+    if len(runs) > 1:
+        text += f" ({low:,.{digits}f}\u2013{high:,.{digits}f})"
+    return text
+
+
+def table(runs: list[dict[str, Any]], size: Size) -> str:
+    lines = [
+        "| measurement | cloaca | bare Celery / baseline | ratio | target | met? |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for row in rows(size):
+        ratio_digits = 2
+        ratio = cell(runs, row.ratio, ratio_digits)
+        met = ""
+        if row.met is not None:
+            value = median_spread(runs, row.ratio or row.cloaca)[0]
+            met = "" if math.isnan(value) else ("yes" if row.met(value) else "**no**")
+        # Times are measured in seconds and shown in ms.
+        scale_ms = row.cloaca.startswith("fire_p")
+        shown = [_scaled(r, 1000.0 if scale_ms else 1.0, row) for r in runs]
+        lines.append(
+            f"| {row.label} | {cell(shown, row.cloaca, row.digits)} | "
+            f"{cell(shown, row.bare, row.digits)} | {ratio} | {row.target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _scaled(figures: dict[str, Any], factor: float, row: Row) -> dict[str, Any]:
+    out = dict(figures)
+    for key in (row.cloaca, row.bare):
+        if key is not None and key in out:
+            out[key] = float(out[key]) * factor
+    return out
+
+
+def machine(redis_version: str, pg_version: str, load_before: str, load_after: str) -> list[tuple[str, str]]:
+    import psutil
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        cpu = platform.processor() or "?"
+    os_name = platform.system()
+    try:
+        with open("/etc/os-release") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    os_name = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return [
+        ("CPU", cpu),
+        ("cores", str(os.cpu_count())),
+        ("RAM", f"{psutil.virtual_memory().total / 2**30:.1f} GiB"),
+        ("OS", f"{os_name}, Linux {platform.release()}" if platform.system() == "Linux" else os_name),
+        ("Python", platform.python_version()),
+        ("Celery", version("celery")),
+        ("kombu", version("kombu")),
+        ("redis-py", version("redis")),
+        ("SQLAlchemy", version("sqlalchemy")),
+        ("psycopg", version("psycopg")),
+        ("Redis server", redis_version),
+        ("PostgreSQL", pg_version),
+        ("load average (1, 5, 15 min) before / after", f"{load_before} / {load_after}"),
+    ]
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def method_notes(runs: list[dict[str, Any]]) -> list[str]:
+    keys = ("scale_late_method", "light_late_method")
+    return sorted({str(r[k]) for r in runs for k in keys if r.get(k)})
+
+
+def page(
+    runs: list[dict[str, Any]], size: Size, machine_rows: list[tuple[str, str]], started: datetime,
+    duration: float,
+) -> str:
+    count = len(runs)
+    lateness = " / ".join(method_notes(runs)) or "poll start - due"
+    date = started.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    spread = (
+        f"Each figure is the median of {count} runs, with the spread (min\u2013max) in brackets."
+        if count > 1 else "One run: no spread."
+    )
+    parts = [
+        "# Performance",
+        "",
+        "What cloaca costs on top of bare Celery, measured with real `celery worker` and",
+        "`celery beat` processes against Redis (broker and results) and a PostgreSQL store.",
+        "Every ratio compares cloaca with bare Celery on the same worker configuration",
+        "(one app module, prefork pool, concurrency 2, default prefetch, one broker) in",
+        "the same session, bare side first, so drift on the machine hits both.",
+        "",
+        f"Size **{size.name}**, measured {date}, {duration / 60:.1f} minutes. {spread}",
+        "",
+        "## Results",
+        "",
+        table(runs, size),
+        "",
+        "The *bare Celery / baseline* column holds bare Celery for throughput and latency,",
+        "the same worker running no-op tasks for the store rows (its start-up included),",
+        "and beat with no triggers for the beat rows.",
+        f"Lateness is measured as *{lateness}*.",
+        "",
+        "## How each figure is measured",
+        "",
+        f"- **Skip-poll throughput**: {size.skip_polls:,} triggers with a 300 s interval that return",
+        "  `TriggerResult.skip()`; with no worker running, the library's dispatcher",
+        "  (`cloaca_celery.dispatch.dispatch_due`) claims their due slots and publishes one",
+        "  `cloaca.poll` each. Then one worker starts and drains them; the rate is taken between",
+        "  10% and 90% of the backlog. Bare side: the same number of no-op tasks, the same worker.",
+        "  Tasks are counted in the worker by a `task_postrun` handler that sends its counts to",
+        "  Redis in batches (the same cost on both sides).",
+        "- **Fire latency**: one `allow_concurrent=True` trigger at"
+        f" {size.fire_interval * 1000:g} ms that fires every poll,",
+        "  with beat and one worker running; the time from the `cloaca.poll` task starting",
+        "  (`task_prerun`) to the body of the workflow's first step starting, over"
+        f" {size.fire_samples} fires.",
+        "  Bare side: `apply_async().get()` of a no-op task from the runner (Redis result backend),",
+        "  the same number of times, on the same worker.",
+        f"- **Scale**: {size.scale_triggers:,} (and, a lighter load, {size.light_triggers:,}) skipping"
+        " triggers at 1 s,",
+        "  one `celery beat` and two `celery worker -c 2`, all started together. After"
+        f" {size.scale_warmup:g} s of warm-up,",
+        f"  the trigger evaluations during {size.scale_seconds} whole seconds divided by triggers"
+        " \u00d7 seconds.",
+        "  Lateness: each poll's start (`task_prerun`) minus the `due` time the dispatcher sends",
+        "  with it (without `due`: minus the trigger's ideal schedule, its first start plus whole",
+        "  intervals). Sent and expired polls are counted in the workers (`cloaca.dispatch`",
+        "  results, `task_revoked` with `expired`). Store writes over the same seconds: the",
+        "  INSERT/UPDATE/DELETE statements and the rows they wrote (the driver's `rowcount`),",
+        "  counted by a SQLAlchemy listener in every process (`pg_stat_user_tables` lags too",
+        f"  much for a window this short). {size.scale_triggers:,} polls/s may be near what the",
+        "  machine can run at all: compare with the no-op throughput of one worker (first row).",
+        "- **Backlog of skipped polls**: the store writes of the skip-poll throughput run: rows",
+        "  inserted, updated or deleted in the run's private schema (`pg_stat_user_tables`, read",
+        "  once settled) and the INSERT/UPDATE/DELETE statements counted by a SQLAlchemy",
+        "  `after_cursor_execute` listener in the dispatcher and the worker, divided by the polls;",
+        "  the dispatcher's claim of each slot is included. These polls all start on time.",
+        f"- **Store writes per fire**: {size.fire_writes} triggers (default `allow_concurrent=False`)"
+        " that fire once",
+        "  each, dispatched the same way, counted until every workflow completed: slot claim,",
+        "  execution row, dedup claim, step start, completion.",
+        f"- **Beat memory**: resident set size of a `celery beat` process {size.memory_ticks:g} s after",
+        f"  it finished starting, with {size.memory_triggers:,} triggers at 1 s registered and with none;",
+        "  start-up time from process start until cloaca's start-up sync is done; CPU over the",
+        "  same seconds.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        *[f"| {name} | {value} |" for name, value in machine_rows],
+        "",
+        "## How to run",
+        "",
+        "Redis on 127.0.0.1:6379 and PostgreSQL on 127.0.0.1:5432 (database `test`), as for the",
+        "tests; the same `CLOACA_TEST_*` variables point elsewhere.",
+        "",
+        "```bash",
+        "make bench                # full size, 3 runs: prints the table, rewrites this page",
+        ".venv/bin/python -m benchmarks.run --size tiny --runs 1 --out /tmp/performance.md",
+        ".venv/bin/python -m benchmarks.profile --mode skip   # where a worker's time goes (pyinstrument)",
+        "```",
+        "",
+        "The benchmark never fails the test suite: `tests/test_benchmarks.py` runs it once at the",
+        "tiny size to keep it working, and checks that every figure is there, not that its target",
+        "is met. It uses a Redis database reserved like the tests' ones and a PostgreSQL schema",
+        "`cloaca_bench_<random>` of its own, dropped afterwards.",
+        "",
+    ]
+    return "\n".join(parts)
