@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -20,7 +20,7 @@ from celery.schedules import schedule
 
 from .logs import log_throttled
 from .settings import Settings
-from .store import Store, claim_horizon
+from .store import Store
 from .triggers import triggers
 
 logger = logging.getLogger("cloaca_celery.dispatch")
@@ -29,33 +29,32 @@ POLL_TASK = "cloaca.poll"
 DISPATCH_TASK = "cloaca.dispatch"
 MIN_TICK = 0.05
 MAX_TICK = 1.0
-EARLY = 0.002  # a slot due sooner than this is sent without an eta
 SLACK = 0.05  # how long before the next claim a running poll's lease is written (at most interval / 10)
 
 
 def auto_dispatch_interval() -> float:
-    """Half the shortest poll interval, between 50 ms and 1 s.
+    """A twentieth of the shortest poll interval, between 50 ms and 1 s.
 
-    The dispatcher claims the slots due before its next tick (at most half
-    an interval ahead, :func:`cloaca_celery.store.claim_horizon`) and sends
-    them with their ``eta``, so the tick bounds how far ahead polls are sent,
-    not how late they start.
+    A slot waits for the next tick to be sent, so the tick bounds how late a
+    poll starts: at most a twentieth of its interval (50 ms for ``1s``
+    triggers), never more than a second. A tick that finds nothing due costs
+    one indexed ``UPDATE`` that matches no row.
     """
     intervals = [d.poll_interval for d in triggers]
     if not intervals:
         return MAX_TICK
-    return min(MAX_TICK, max(MIN_TICK, min(intervals) / 2))
+    return min(MAX_TICK, max(MIN_TICK, min(intervals) / 20))
 
 
-def hold_by(next_due: float, interval: float, horizon: float) -> float:
+def hold_by(next_due: float, interval: float) -> float:
     """The latest a scheduled poll may run without a lease in the store.
 
-    The next slot may be claimed from ``next_due - horizon`` on, and that claim
-    must see the lease of a poll still running: the watchdog takes it a little
-    before. A poll starting after this time is late: it takes the lease when it
-    starts, unless the next slot is already claimed (then it does not run).
+    The next slot is claimed from ``next_due`` on, and that claim must see the
+    lease of a poll still running: the watchdog takes it a little before. A
+    poll starting after this time is late: it takes the lease when it starts,
+    unless the next slot is already claimed (then it does not run).
     """
-    return next_due - claim_horizon(horizon, interval) - min(SLACK, interval / 10)
+    return next_due - min(SLACK, interval / 10)
 
 
 class DispatchSchedule(schedule):
@@ -84,18 +83,18 @@ class DispatchSchedule(schedule):
         return f"<cloaca dispatch every {self._resolve():g}s>"
 
 
-def dispatch_due(
-    app: Celery, settings: Settings, store: Store, now: float | None = None, horizon: float = 0.0,
-) -> int:
-    """Claim the triggers due by ``now + horizon`` and publish one ``cloaca.poll`` for each.
+def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | None = None) -> int:
+    """Claim the due triggers and publish one ``cloaca.poll`` for each; return the count.
 
-    Beat's dispatcher passes its own tick as ``horizon``: a slot due before
-    the next tick is claimed now and published with its ``eta``, so the poll
-    starts on time instead of up to a tick late. Returns the count.
+    Polls are sent when due, never ahead with an ``eta``: a worker holding
+    many ``eta`` tasks starts at most ten of them per turn of its event loop
+    (kombu's ``Hub.fire_timers``) and may then wait up to a second, and a
+    Celery 5.7.0 worker holding unacknowledged messages exits when the Redis
+    connection drops.
     """
     now = time.time() if now is None else now
     try:
-        due = store.claim_due(now, settings.dispatch_batch_size, horizon)
+        due = store.claim_due(now, settings.dispatch_batch_size)
     except Exception as exc:  # noqa: BLE001 - every tick would fail alike: one line every 10 s
         log_throttled(logger, "dispatch-store", logging.WARNING,
                       "dispatch: the store is unreachable (%s: %s); no polls until it answers",
@@ -115,17 +114,14 @@ def dispatch_due(
         with app.producer_or_acquire() as producer:
             for item in due:
                 sending = time.time()
-                deadline = hold_by(item.next_due, item.poll_interval, horizon)
-                ahead = item.due - sending > EARLY
                 app.send_task(
                     POLL_TASK, args=(item.trigger_name,),
                     kwargs={
                         "scheduled": True, "due": item.due, "next_due": item.next_due,
-                        "hold_by": deadline, "errors": item.errors,
+                        "hold_by": hold_by(item.next_due, item.poll_interval),
+                        "errors": item.errors,
                     },
-                    producer=producer, expires=max(item.next_due - sending, 0.05),
-                    eta=datetime.fromtimestamp(item.due, tz=timezone.utc) if ahead else None,
-                    **options,
+                    producer=producer, expires=max(item.next_due - sending, 0.05), **options,
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval

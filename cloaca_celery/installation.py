@@ -20,10 +20,11 @@ from typing import Any
 
 from celery import Celery, signals
 
+from .background import deferred
 from .dispatch import DISPATCH_TASK, POLL_TASK, DispatchSchedule, auto_dispatch_interval, dispatch_due
 from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
-from .logs import one_line, quiet_plumbing_logs
+from .logs import quiet_plumbing_logs
 from .polling import COMPLETE_TASK, FAILED_TASK, Poller, spec_of
 from .registry import sweep
 from .settings import Settings, check_option_names, resolve_settings
@@ -277,10 +278,10 @@ def install(app: Celery, **options: Any) -> Installation:
             return
         if getattr(task, "name", None) in (COMPLETE_TASK, FAILED_TASK):
             return  # the workflow's own steps are over: nothing starts running here
-        try:
-            installation.store.mark_running(execution_id, datetime.now(timezone.utc))
-        except Exception as exc:  # noqa: BLE001 - the step runs whether or not history is written
-            logger.warning("execution %s: could not mark it running: %s", execution_id, one_line(exc))
+        # Recorded beside the step, not before it: the step does not wait for the store.
+        at = datetime.now(timezone.utc)
+        deferred.defer(lambda: installation.store.mark_running(execution_id, at),
+                       f"execution {execution_id}: start of its step")
 
     def on_task_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
         execution_id = _execution_of(getattr(request, "args", None))
@@ -304,29 +305,30 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
     def poll(
         trigger_name: str, scheduled: bool = False, due: float | None = None,
         next_due: float | None = None, hold_by: float | None = None, errors: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this).
 
         The dispatcher's polls carry their slot: ``due`` (when it was due, for
         the record), ``next_due`` (when the next one is), ``hold_by`` (the
-        latest it may run without a lease) and the row's error count.
+        latest it may run without a lease) and the row's error count. They
+        return nothing (nobody reads it, and Celery would format it); manual
+        polls return their report.
         """
         poller = installation.poller()
         if not scheduled:
             return poller.poll(trigger_name).as_dict()
-        return poller.poll(
+        poller.poll(
             trigger_name, scheduled=True,
             next_due=None if next_due is None else float(next_due),
             hold_by=None if hold_by is None else float(hold_by),
             errors=None if errors is None else int(errors),
-        ).as_dict()
+        )
+        return None
 
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:
         """Publish a ``cloaca.poll`` for every due trigger."""
-        return dispatch_due(
-            app, installation.settings, installation.store, horizon=installation.dispatch_interval()
-        )
+        return dispatch_due(app, installation.settings, installation.store)
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def sweep_task() -> int:

@@ -181,15 +181,16 @@ class Poller:
             logger.warning("%s: not polled: %s (is this worker running the same code as beat?)", name, exc)
             return PollReport(name, "not_polled", "unknown trigger")
         started = time.time() if now is None else now
-        token = uuid.uuid4().hex
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
         interval = definition.poll_interval
         if next_due is not None and hold_by is None:
             hold_by = next_due - min(1.0, max(0.02, interval / 4))
-        # Late (past hold_by) or manual: hold the trigger from the start. A late poll does so
-        # only while the next slot is unclaimed: a poll sent for that slot would not look.
-        hold = hold_by is None or started > hold_by
+        # Late (more than half an interval: the next slot's poll must keep its distance; or
+        # past hold_by) or manual: hold the trigger from the start. A late poll does so only
+        # while the next slot is unclaimed: a poll sent for that slot would not look.
+        hold = next_due is None or hold_by is None or started > min(hold_by, next_due - interval / 2)
         slot_end = next_due if hold and next_due is not None else None
+        token = uuid.uuid4().hex if hold else ""
         taken: PollLease | PollRefusal
         if not hold and errors is not None and not definition.takes_state and next_due is not None:
             taken = PollLease(name, token, next_due, consecutive_errors=int(errors), held=False)
@@ -210,10 +211,12 @@ class Poller:
         watch: LeaseWatch | None = None
         if not taken.held and hold_by is not None:
             store = self.store
+            taken = replace(taken, token=uuid.uuid4().hex)
+            watch_token = taken.token
 
             def take() -> bool:
                 at = time.time()
-                return store.extend_poll_lease(name, token, at + lease_seconds, at)
+                return store.extend_poll_lease(name, watch_token, at + lease_seconds, at)
 
             watch = watchdog.watch(hold_by, take, name)
         hold_until = started + interval / 2 if scheduled else None

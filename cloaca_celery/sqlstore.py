@@ -345,12 +345,12 @@ class SqlStore:
             except IntegrityError:
                 logger.debug("%s: schedule row created concurrently", name)
 
-    def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
+    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
         t = schedules
         due = and_(
             t.c.enabled.is_(True),
             t.c.registered.is_(True),
-            t.c.next_poll_at <= now + _horizon(horizon),
+            t.c.next_poll_at <= now,
             or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
         )
         advanced = case(
@@ -365,8 +365,7 @@ class SqlStore:
                     pick = pick.with_for_update(skip_locked=True)
                 rows = conn.execute(
                     update(t)
-                    .where(t.c.trigger_name.in_(pick.scalar_subquery()),
-                           t.c.next_poll_at <= now + _horizon(horizon))
+                    .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now)
                     .values(**stamped)
                     .returning(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at, t.c.consecutive_errors)
                 ).all()
@@ -638,12 +637,6 @@ _POLL_ROW = select(
     schedules.c.enabled, schedules.c.state, schedules.c.state_version, schedules.c.consecutive_errors,
     schedules.c.poll_lease_until, schedules.c.poll_token, schedules.c.next_poll_at,
 ).where(schedules.c.trigger_name == bindparam("name"))
-
-
-def _horizon(horizon: float) -> Any:
-    """:func:`cloaca_celery.store.claim_horizon` in SQL."""
-    half = schedules.c.poll_interval / 2
-    return case((half < horizon, half), else_=horizon)
 
 
 def _lease_free(now: float) -> Any:

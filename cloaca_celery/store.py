@@ -113,11 +113,6 @@ def due_poll(name: str, interval: float, next_due: float, errors: int) -> DuePol
     return DuePoll(name, interval, due=next_due - interval, next_due=next_due, errors=int(errors))
 
 
-def claim_horizon(horizon: float, interval: float) -> float:
-    """How far ahead a slot may be claimed: the dispatcher's horizon, at most half an interval."""
-    return min(float(horizon), float(interval) / 2)
-
-
 def lease_refusal(
     name: str, enabled: bool, lease_until: float | None, token: str | None, now: float
 ) -> PollRefusal | None:
@@ -170,16 +165,12 @@ class Store(Protocol):
         """
         ...
 
-    def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
-        """Atomically take the poll slot of up to ``limit`` enabled triggers due by ``now + horizon``.
-
-        The horizon of a trigger is at most half its interval
-        (:func:`claim_horizon`).
+    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
+        """Atomically take the poll slot of up to ``limit`` due, enabled triggers.
 
         Each claimed row's ``next_poll_at`` moves one interval on (or to
         ``now + interval`` when it fell behind), so concurrent dispatchers
-        split the due triggers between them instead of doubling them. A slot
-        claimed ahead of time (within ``horizon``) keeps its own ``due``.
+        split the due triggers between them instead of doubling them.
         """
         ...
 

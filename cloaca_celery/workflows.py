@@ -206,6 +206,11 @@ def _execution_has_ended(context: Context, task_id: str) -> bool:
     from .installation import installed_on
     from .store import FINAL_STATUSES
 
+    # Only a message the broker delivers again can outlive its execution; a first
+    # delivery (Redis, RabbitMQ and kombu's virtual transports say which) needs no look.
+    delivery = getattr(getattr(current_task, "request", None), "delivery_info", None) or {}
+    if delivery.get("redelivered", True) is False:
+        return False
     app = getattr(current_task, "app", None)
     installation = installed_on(app) if app is not None else None
     if installation is None:

@@ -24,13 +24,9 @@ STATUS_CHOICES = [
 
 
 class TriggerScheduleQuerySet(models.QuerySet["TriggerSchedule"]):
-    def due(self, now: float, horizon: float = 0.0) -> TriggerScheduleQuerySet:
-        """Enabled, registered triggers whose poll slot comes by ``now + horizon`` and that no poll holds."""
-        half = models.F("poll_interval") / 2
-        reach = models.Case(models.When(poll_interval__lt=2 * horizon, then=half),
-                            default=models.Value(float(horizon)), output_field=models.FloatField())
-        by = models.Value(float(now)) + reach
-        return self.filter(enabled=True, registered=True, next_poll_at__lte=by).filter(
+    def due(self, now: float) -> TriggerScheduleQuerySet:
+        """Enabled, registered triggers whose poll slot has come and that no poll holds."""
+        return self.filter(enabled=True, registered=True, next_poll_at__lte=now).filter(
             models.Q(poll_lease_until__isnull=True) | models.Q(poll_lease_until__lt=now)
         )
 

@@ -125,7 +125,7 @@ class DjangoStore:
             if gone:
                 rows.filter(pk__in=gone).update(registered=False, updated_at=now_dt)
 
-    def claim_due(self, now: float, limit: int, horizon: float = 0.0) -> list[DuePoll]:
+    def claim_due(self, now: float, limit: int) -> list[DuePoll]:
         rows = TriggerSchedule.objects.using(self.using)
         advanced = Case(
             When(GreaterThan(F("next_poll_at") + F("poll_interval"), now),
@@ -136,7 +136,7 @@ class DjangoStore:
         if self._skip_locked:
             with transaction.atomic(using=self.using):
                 picked = list(
-                    rows.due(now, horizon).order_by("next_poll_at")
+                    rows.due(now).order_by("next_poll_at")
                     .select_for_update(skip_locked=True)
                     .values_list(*CLAIMED)[:limit]
                 )
@@ -147,7 +147,7 @@ class DjangoStore:
                 for name, interval, at, errors in picked
             ]
         candidates = list(
-            rows.due(now, horizon).order_by("next_poll_at")
+            rows.due(now).order_by("next_poll_at")
             .values_list(*CLAIMED)[:limit]
         )
         won: list[DuePoll] = []

@@ -382,22 +382,6 @@ def test_spread_sync_puts_first_slots_within_the_first_interval_at_most_a_minute
     assert {n: store.get_schedule(n)["next_poll_at"].timestamp() for n in names} == firsts
 
 
-def test_claim_due_with_a_horizon_takes_slots_due_soon_and_keeps_their_time(store: SqlStore) -> None:
-    store.sync_triggers([spec("soon", 5.0)], T0)
-    assert claimed(store, T0 - 0.3) == []
-    assert store.claim_due(T0 - 0.3, 10, horizon=0.2) == []
-    [slot] = store.claim_due(T0 - 0.3, 10, horizon=0.5)
-    assert (slot.due, slot.next_due) == (T0, T0 + 5)
-    assert store.claim_due(T0, 10, horizon=0.5) == []  # the slot was taken once
-
-
-def test_the_claim_horizon_is_at_most_half_an_interval(store: SqlStore) -> None:
-    store.sync_triggers([spec("fast", 1.0), spec("slow", 8.0)], T0)
-    assert claimed(store, T0 - 0.75, 10) == []
-    assert sorted(d.trigger_name for d in store.claim_due(T0 - 0.75, 10, horizon=0.8)) == ["slow"]
-    assert [d.trigger_name for d in store.claim_due(T0 - 0.5, 10, horizon=0.8)] == ["fast"]
-
-
 def test_a_late_poll_takes_the_lease_only_while_the_next_slot_is_unclaimed(store: SqlStore) -> None:
     store.sync_triggers([spec("orders", 1.0), spec("other", 1.0)], T0)
     [slot] = [d for d in store.claim_due(T0, 10) if d.trigger_name == "orders"]

@@ -234,7 +234,9 @@ def test_trigger_state_counts_failures_across_worker_processes(
     fires, before, final = _expected_health(HEALTH_SCRIPT)
     assert fires == [6, 9, 14, 17, 21, 24, 29] and final == 1
     redis_client.rpush("health:script", *HEALTH_SCRIPT)  # one health result per poll
-    project = launch(MODULE, **_env(redis_url, tmp_path, "health"))
+    # A dispatcher tick of 200 ms (not the default twentieth of the interval) keeps the
+    # recycling below from spending the pool on forks for dispatch ticks.
+    project = launch(MODULE, **_env(redis_url, tmp_path, "health", E2E_DISPATCH_INTERVAL="200ms"))
     # Prefork hands most tasks to its first idle process; recycling each process after two
     # tasks makes the polls run in many different processes, as they may in production.
     project.worker("-Q", ALL_QUEUES, "--max-tasks-per-child", "2", concurrency=4)
