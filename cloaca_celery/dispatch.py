@@ -3,8 +3,8 @@
 Beat cannot hold one entry per trigger at scale (each message costs O(entries)
 in the default scheduler), so beat sends a single ``cloaca.dispatch`` task on
 a short tick. It claims the due triggers in one indexed query and publishes
-their polls on one producer connection, each expiring after its trigger's
-interval so an outage leaves no burst of stale polls behind.
+their polls on one producer connection, each expiring half an interval after
+its slot, so an outage or a backlog leaves no burst of stale polls behind.
 """
 
 from __future__ import annotations
@@ -40,19 +40,17 @@ def auto_dispatch_interval() -> float:
     triggers), never more than a second. A tick that finds nothing due costs
     one indexed ``UPDATE`` that matches no row.
     """
-    intervals = [d.poll_interval for d in triggers]
-    if not intervals:
+    shortest = triggers.shortest_interval()
+    if shortest is None:
         return MAX_TICK
-    return min(MAX_TICK, max(MIN_TICK, min(intervals) / 20))
+    return min(MAX_TICK, max(MIN_TICK, shortest / 20))
 
 
 def hold_by(next_due: float, interval: float) -> float:
     """The latest a scheduled poll may run without a lease in the store.
 
     The next slot is claimed from ``next_due`` on, and that claim must see the
-    lease of a poll still running: the watchdog takes it a little before. A
-    poll starting after this time is late: it takes the lease when it starts,
-    unless the next slot is already claimed (then it does not run).
+    lease of a poll still running: the watchdog takes it a little before.
     """
     return next_due - min(SLACK, interval / 10)
 
@@ -121,7 +119,8 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
                         "hold_by": hold_by(item.next_due, item.poll_interval),
                         "errors": item.errors,
                     },
-                    producer=producer, expires=max(item.next_due - sending, 0.05), **options,
+                    producer=producer, expires=max(item.next_due - item.poll_interval / 2 - sending, 0.05),
+                    **options,
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval

@@ -170,10 +170,9 @@ class Poller:
         also sent the row's error count (``errors``) and the trigger keeps no
         ``state``, the poll does not even read its row: a skip costs the store
         nothing. It writes a lease only if it is still running at ``hold_by``
-        (the watchdog takes the lease then) or starts after it: then it takes
-        the lease at once, if the next slot is not claimed yet (else it does
-        not run), and keeps the trigger until half an interval after it
-        started. Manual polls (CLI, admin, tests) always take a lease.
+        (the watchdog takes the lease then). A poll that starts more than half
+        an interval after its slot is dropped (``late``). Manual polls (CLI,
+        admin, tests) always take a lease.
         """
         try:
             definition = triggers.get(name)
@@ -185,10 +184,13 @@ class Poller:
         interval = definition.poll_interval
         if next_due is not None and hold_by is None:
             hold_by = next_due - min(1.0, max(0.02, interval / 4))
-        # Late (more than half an interval: the next slot's poll must keep its distance; or
-        # past hold_by) or manual: hold the trigger from the start. A late poll does so only
-        # while the next slot is unclaimed: a poll sent for that slot would not look.
-        hold = next_due is None or hold_by is None or started > min(hold_by, next_due - interval / 2)
+        if next_due is not None and started > next_due - interval / 2:
+            # More than half an interval late: the next slot's poll would follow at once, and
+            # under load a late poll only makes the next one later. Dropped, at no cost.
+            logger.debug("%s: not polled (more than half an interval late)", name)
+            return PollReport(name, "not_polled", "late")
+        # Manual polls (and old messages without their slot) hold the trigger from the start.
+        hold = next_due is None or hold_by is None or started > hold_by
         slot_end = next_due if hold and next_due is not None else None
         token = uuid.uuid4().hex if hold else ""
         taken: PollLease | PollRefusal

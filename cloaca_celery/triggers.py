@@ -45,6 +45,25 @@ class TriggerRegistry:
     def __init__(self) -> None:
         self._items: dict[str, TriggerDefinition] = {}
         self._lock = threading.Lock()
+        self._shortest: tuple[tuple[int, int], float | None] = ((-1, -1), None)
+        self._version = 0
+
+    def changed(self) -> None:
+        """Forget what was worked out from the registry (after ``_items`` changed directly)."""
+        self._version += 1
+
+    def shortest_interval(self) -> float | None:
+        """The shortest poll interval, or ``None`` without triggers.
+
+        Beat asks for it on every tick (it sets the dispatcher's period), so
+        it is worked out once per change of the registry, not per tick.
+        """
+        key = (self._version, len(self._items))
+        cached_key, value = self._shortest
+        if cached_key != key:
+            value = min((d.poll_interval for d in list(self._items.values())), default=None)
+            self._shortest = (key, value)
+        return value
 
     def add(self, definition: TriggerDefinition) -> None:
         with self._lock:
@@ -56,6 +75,7 @@ class TriggerRegistry:
                     "name=... to @trigger"
                 )
             self._items[definition.name] = definition
+            self._version += 1
 
     def get(self, name: str) -> TriggerDefinition:
         try:
@@ -68,10 +88,12 @@ class TriggerRegistry:
     def remove(self, name: str) -> None:
         with self._lock:
             self._items.pop(name, None)
+            self._version += 1
 
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._version += 1
 
     def names(self) -> list[str]:
         return sorted(self._items)

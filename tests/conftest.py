@@ -32,6 +32,7 @@ def clean_registries() -> Iterator[None]:
     yield
     triggers._items.clear()
     triggers._items.update(saved_triggers)
+    triggers.changed()
     workflows._items.clear()
     workflows._items.update(saved_workflows)
     tasks._by_id.clear()
