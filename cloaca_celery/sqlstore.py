@@ -43,7 +43,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
@@ -66,6 +66,8 @@ from .store import (
 )
 
 logger = logging.getLogger("cloaca_celery.sqlstore")
+
+SYNC_BATCH = 1000
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -327,23 +329,28 @@ class SqlStore:
                 conn.execute(
                     update(t).where(t.c.trigger_name.in_(gone)).values(registered=False, updated_at=now_dt)
                 )
-        for name, spec in wanted.items():
-            if name in rows:
-                continue
-            try:
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        insert(t).values(
-                            trigger_name=name, workflow=spec.workflow,
-                            poll_interval=spec.poll_interval,
-                            allow_concurrent=spec.allow_concurrent, enabled=True,
-                            registered=True, consecutive_errors=0,
-                            next_poll_at=first_slot(name, spec.poll_interval, now, spread),
-                            state={}, state_version=0, created_at=now_dt, updated_at=now_dt,
-                        )
-                    )
-            except IntegrityError:
-                logger.debug("%s: schedule row created concurrently", name)
+        new_rows = [
+            {
+                "trigger_name": name, "workflow": spec.workflow, "poll_interval": spec.poll_interval,
+                "allow_concurrent": spec.allow_concurrent, "enabled": True, "registered": True,
+                "consecutive_errors": 0, "next_poll_at": first_slot(name, spec.poll_interval, now, spread),
+                "state": {}, "state_version": 0, "created_at": now_dt, "updated_at": now_dt,
+            }
+            for name, spec in wanted.items() if name not in rows
+        ]
+        # In batches, each one statement that leaves alone a row another process created meanwhile.
+        for start in range(0, len(new_rows), SYNC_BATCH):
+            with self.engine.begin() as conn:
+                conn.execute(self._insert_missing(), new_rows[start:start + SYNC_BATCH])
+
+    def _insert_missing(self) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(schedules).on_conflict_do_nothing(index_elements=["trigger_name"])
+        if self.dialect == "sqlite":
+            return sqlite.insert(schedules).on_conflict_do_nothing(index_elements=["trigger_name"])
+        if self.dialect in ("mysql", "mariadb"):
+            return insert(schedules).prefix_with("IGNORE")
+        return insert(schedules)
 
     def claim_due(self, now: float, limit: int) -> list[DuePoll]:
         t = schedules

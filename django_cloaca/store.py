@@ -99,20 +99,22 @@ class DjangoStore:
         rows = TriggerSchedule.objects.using(self.using)
         existing = {r.trigger_name: r for r in rows.only(
             "trigger_name", "workflow", "poll_interval", "allow_concurrent", "registered")}
+        missing = [
+            TriggerSchedule(
+                trigger_name=name, workflow=spec.workflow, poll_interval=spec.poll_interval,
+                allow_concurrent=spec.allow_concurrent, enabled=True, registered=True,
+                next_poll_at=first_slot(name, spec.poll_interval, now, spread),
+                state={}, created_at=now_dt, updated_at=now_dt,
+            )
+            for name, spec in wanted.items() if name not in existing
+        ]
+        if missing:  # a row another process created meanwhile is left alone
+            rows.bulk_create(missing, batch_size=1000, ignore_conflicts=True)
         for name, spec in wanted.items():
             row = existing.get(name)
             if row is None:
-                try:
-                    with transaction.atomic(using=self.using):
-                        rows.create(
-                            trigger_name=name, workflow=spec.workflow, poll_interval=spec.poll_interval,
-                            allow_concurrent=spec.allow_concurrent, enabled=True, registered=True,
-                            next_poll_at=first_slot(name, spec.poll_interval, now, spread),
-                            state={}, created_at=now_dt, updated_at=now_dt,
-                        )
-                except IntegrityError:
-                    pass
-            elif (row.workflow, row.poll_interval, row.allow_concurrent, row.registered) != (
+                continue
+            if (row.workflow, row.poll_interval, row.allow_concurrent, row.registered) != (
                 spec.workflow, spec.poll_interval, spec.allow_concurrent, True
             ):
                 rows.filter(pk=name).update(
