@@ -65,7 +65,7 @@ def _store_call(installation: Installation, what: str, method: str, *args: Any, 
     try:
         return getattr(_synced_store(installation), method)(*args, **kwargs)
     except UnknownTriggerError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{exc} ('cloaca list' shows the triggers it has)") from None
     except (ValueError, TypeError) as exc:
         raise click.BadParameter(str(exc)) from None
     except CloacaError as exc:
@@ -135,7 +135,7 @@ def history(ctx: click.Context, name: str, limit: int, status: str | None) -> No
             took = f"{(e['completed_at'] - e['started_at']).total_seconds():.2f}s"
         error = (e["error"] or "").splitlines()[0][:60] if e["error"] else ""
         rows.append([e["execution_id"], e["status"], _when(e["started_at"]), _when(e["completed_at"]), took,
-                     json.dumps(e["context"], sort_keys=True)[:50], error])
+                     json.dumps(e["context"], sort_keys=True, ensure_ascii=False)[:50], error])
     click.echo(_table(["execution", "status", "started", "completed", "took", "context", "error"], rows))
 
 
@@ -178,7 +178,8 @@ def poll(ctx: click.Context, name: str, fire: bool, timeout: float) -> None:
         click.echo(f"{name}: skip ({took * 1000:.1f} ms)")
     else:
         context = outcome.context.to_dict() if outcome.context is not None else {}
-        click.echo(f"{name}: fire {json.dumps(context, sort_keys=True)} ({took * 1000:.1f} ms; "
+        shown = json.dumps(context, sort_keys=True, ensure_ascii=False)
+        click.echo(f"{name}: fire {shown} ({took * 1000:.1f} ms; "
                    "nothing enqueued, use --fire)")
 
 

@@ -9,7 +9,8 @@ from datetime import timedelta
 Duration = str | int | float | timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)\s*$")
+# ASCII digits and spaces only: an Arabic-Indic five followed by "s" is not a duration.
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)\s*$", re.ASCII)
 
 
 def parse_duration(value: Duration, what: str = "duration") -> float:
@@ -23,7 +24,15 @@ def parse_duration(value: Duration, what: str = "duration") -> float:
         raise ValueError(f"{what}: {value!r} is not a duration; use e.g. '5s', '100ms' or 5")
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
-    elif isinstance(value, (int, float)):
+    elif isinstance(value, int):
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"{what}: an integer of {value.bit_length()} bits is too large for a duration; "
+                "use a number of seconds such as 5 or a string such as '5s'"
+            ) from None
+    elif isinstance(value, float):
         seconds = float(value)
     elif isinstance(value, str):
         match = _PATTERN.match(value)
@@ -38,8 +47,13 @@ def parse_duration(value: Duration, what: str = "duration") -> float:
             f"{what}: {value!r} ({type(value).__name__}) is not a duration; "
             "use a string such as '5s', a timedelta or a number of seconds"
         )
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"{what}: {value!r} must be greater than zero")
+    if not math.isfinite(seconds):
+        raise ValueError(
+            f"{what}: {value!r} is not a finite duration; use a number of seconds "
+            "greater than zero such as 5 or a string such as '5s'"
+        )
+    if seconds <= 0:
+        raise ValueError(f"{what}: {value!r} must be greater than zero (e.g. '100ms', '5s', 5)")
     return seconds
 
 

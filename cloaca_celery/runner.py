@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +20,7 @@ from celery.canvas import Signature
 
 from .context import Context, check_json_value
 from .durations import Duration, parse_duration
+from .errors import UnknownTriggerError
 from .polling import spec_of
 from .sqlstore import SqlStore
 from .store import Store
@@ -55,18 +58,20 @@ class DefaultRunner:
 
     def get_trigger_schedule(self, name: str) -> dict[str, Any]:
         """One trigger's schedule; ``KeyError`` naming it if unknown."""
-        return self.store.get_schedule(name)
+        with _unknown_trigger_hint():
+            return self.store.get_schedule(name)
 
     def set_trigger_enabled(self, name: str, enabled: bool) -> None:
         """Switch a trigger on or off; it takes effect at its next poll, with no restart."""
-        self.store.set_enabled(name, enabled)
+        with _unknown_trigger_hint():
+            self.store.set_enabled(name, enabled)
 
     def get_trigger_execution_history(
         self, name: str, limit: int | None = None, offset: int | None = None,
         status: str | None = None,
     ) -> list[dict[str, Any]]:
         """The trigger's executions, newest first; ``KeyError`` if the trigger is unknown."""
-        self.store.get_schedule(name)
+        self.get_trigger_schedule(name)
         return self.store.execution_history(name, limit=limit, offset=offset, status=status)
 
     def prune_history(self, older_than: Duration) -> int:
@@ -109,6 +114,17 @@ class DefaultRunner:
         outcome["context"] = merge_contexts(result, f"workflow {workflow!r}") if isinstance(
             result, (list, dict)) else result
         return outcome
+
+
+@contextmanager
+def _unknown_trigger_hint() -> Iterator[None]:
+    """An unknown trigger's ``KeyError`` also says where the known names are."""
+    try:
+        yield
+    except UnknownTriggerError as exc:
+        raise UnknownTriggerError(
+            f"{exc} (list_trigger_schedules() gives the triggers it has)"
+        ) from None
 
 
 _EAGER: Celery | None = None

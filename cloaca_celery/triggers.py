@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -182,6 +183,13 @@ def trigger(
                 f"trigger {trigger_name!r}: workflow must be a non-empty workflow name, "
                 f"got {workflow!r}"
             )
+        for what, text in (("name", trigger_name), ("workflow name", workflow)):
+            if any(unicodedata.category(ch) == "Cc" for ch in text):
+                raise ConfigurationError(
+                    f"trigger {trigger_name!r}: the {what} {text!r} contains a control character "
+                    "(NUL, newline, tab...); PostgreSQL cannot store NUL and logs and the CLI show "
+                    "names on one line: rename it"
+                )
         if not isinstance(allow_concurrent, bool):
             raise ConfigurationError(
                 f"trigger {trigger_name!r}: allow_concurrent must be True or False, "

@@ -359,7 +359,8 @@ class WorkflowRegistry:
             return self._items[name]
         except KeyError:
             raise UnknownWorkflowError(
-                f"unknown workflow {name!r}; registered workflows: {self.describe_names()}"
+                f"unknown workflow {name!r}; registered workflows: {self.describe_names()}. "
+                "Define it with WorkflowBuilder or register_workflow() in a module this process imports"
             ) from None
 
     def describe_names(self) -> str:

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -133,19 +134,43 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def _switch(self, request: HttpRequest, queryset: QuerySet[TriggerSchedule], enabled: bool) -> None:
         store = DjangoStore(using=queryset.db)
         names = list(queryset.values_list("trigger_name", flat=True))
+        self._warn_missing(request, names)
         for name in names:
             store.set_enabled(name, enabled)
         count = len(names)
         word = "enabled" if enabled else "disabled"
-        self.message_user(request, f"{count} trigger(s) {word}; this takes effect at their next poll.",
-                          messages.SUCCESS)
+        if count:
+            self.message_user(request, f"{count} trigger(s) {word}; this takes effect at their next poll.",
+                              messages.SUCCESS)
+
+    def _warn_missing(self, request: HttpRequest, found: list[str]) -> None:
+        """Name the selected triggers that have no row (deleted meanwhile, or a forged POST)."""
+        known = set(found)
+        missing = [n for n in request.POST.getlist(helpers.ACTION_CHECKBOX_NAME) if n not in known]
+        if missing:
+            self.message_user(
+                request,
+                f"No such trigger: {', '.join(repr(n) for n in missing)} (no schedule row); nothing "
+                "was done for it. Reload the list to see the triggers there are.",
+                messages.ERROR,
+            )
 
     @admin.action(description="Poll selected triggers now", permissions=["change"])
     def poll_now(self, request: HttpRequest, queryset: QuerySet[TriggerSchedule]) -> None:
+        rows = list(queryset.values_list("trigger_name", "registered"))
+        self._warn_missing(request, [name for name, _ in rows])
+        retired = [name for name, registered in rows if not registered]
+        if retired:
+            self.message_user(
+                request,
+                f"Not polled: {', '.join(repr(n) for n in retired)} (registered = False): no worker "
+                "defines it any more, so no poll was sent. Deploy the code that defines it first.",
+                messages.ERROR,
+            )
         app = _celery_app()
         poll = app.tasks.get(POLL_TASK)
         sent: list[str] = []
-        for name in queryset.values_list("trigger_name", flat=True):
+        for name in [name for name, registered in rows if registered]:
             try:
                 if poll is not None:
                     poll.apply_async(args=(name,))
