@@ -280,6 +280,10 @@ def install(app: Celery, **options: Any) -> Installation:
             return  # the workflow's own steps are over: nothing starts running here
         # Recorded beside the step, not before it: the step does not wait for the store.
         at = datetime.now(timezone.utc)
+        if getattr(getattr(task, "request", None), "is_eager", False):
+            # Run in the caller's thread (tests, DefaultRunner): no write behind its back.
+            installation.store.mark_running(execution_id, at)
+            return
         deferred.defer(lambda: installation.store.mark_running(execution_id, at),
                        f"execution {execution_id}: start of its step")
 
