@@ -4,7 +4,7 @@ Beat cannot hold one entry per trigger at scale (each message costs O(entries)
 in the default scheduler), so beat sends a single ``cloaca.dispatch`` task on
 a short tick. It claims the due triggers in one indexed query and publishes
 their polls on one producer connection, each expiring half an interval after
-its slot, so an outage or a backlog leaves no burst of stale polls behind.
+it was sent, so an outage or a backlog leaves no burst of stale polls behind.
 """
 
 from __future__ import annotations
@@ -53,6 +53,17 @@ def hold_by(next_due: float, interval: float) -> float:
     lease of a poll still running: the watchdog takes it a little before.
     """
     return next_due - min(SLACK, interval / 10)
+
+
+def start_by(due: float, next_due: float, interval: float, sent: float) -> float:
+    """The latest a scheduled poll may start: half an interval after it was sent.
+
+    It is sent up to one dispatch tick after its slot (``due``); that wait is
+    the dispatcher's, not a backlog, so the half interval counts from the
+    send. It never reaches ``hold_by``: a poll that starts in time never meets
+    the next slot's.
+    """
+    return min(hold_by(next_due, interval), max(due, sent) + interval / 2)
 
 
 class DispatchSchedule(schedule):
@@ -112,14 +123,15 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
         with app.producer_or_acquire() as producer:
             for item in due:
                 sending = time.time()
+                deadline = start_by(item.due, item.next_due, item.poll_interval, sending)
                 app.send_task(
                     POLL_TASK, args=(item.trigger_name,),
                     kwargs={
                         "scheduled": True, "due": item.due, "next_due": item.next_due,
                         "hold_by": hold_by(item.next_due, item.poll_interval),
-                        "errors": item.errors,
+                        "start_by": deadline, "errors": item.errors,
                     },
-                    producer=producer, expires=max(item.next_due - item.poll_interval / 2 - sending, 0.05),
+                    producer=producer, expires=max(deadline - sending, 0.05),
                     **options,
                 )
                 sent += 1

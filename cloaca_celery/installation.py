@@ -309,12 +309,14 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
     def poll(
         trigger_name: str, scheduled: bool = False, due: float | None = None,
         next_due: float | None = None, hold_by: float | None = None, errors: int | None = None,
+        start_by: float | None = None,
     ) -> dict[str, Any] | None:
         """Poll one trigger once (beat's dispatcher, the CLI and the admin all send this).
 
         The dispatcher's polls carry their slot: ``due`` (when it was due, for
         the record), ``next_due`` (when the next one is), ``hold_by`` (the
-        latest it may run without a lease) and the row's error count. They
+        latest it may run without a lease), ``start_by`` (the latest it may
+        start at all) and the row's error count. They
         return nothing (nobody reads it, and Celery would format it); manual
         polls return their report.
         """
@@ -326,6 +328,7 @@ def _register_tasks(app: Celery, installation: Installation) -> None:
             next_due=None if next_due is None else float(next_due),
             hold_by=None if hold_by is None else float(hold_by),
             errors=None if errors is None else int(errors),
+            start_by=None if start_by is None else float(start_by),
         )
         return None
 

@@ -161,6 +161,7 @@ class Poller:
     def poll(
         self, name: str, *, now: float | None = None, scheduled: bool = False,
         next_due: float | None = None, hold_by: float | None = None, errors: int | None = None,
+        start_by: float | None = None,
     ) -> PollReport:
         """Poll ``name`` once.
 
@@ -170,9 +171,10 @@ class Poller:
         also sent the row's error count (``errors``) and the trigger keeps no
         ``state``, the poll does not even read its row: a skip costs the store
         nothing. It writes a lease only if it is still running at ``hold_by``
-        (the watchdog takes the lease then). A poll that starts more than half
-        an interval after its slot is dropped (``late``). Manual polls (CLI,
-        admin, tests) always take a lease.
+        (the watchdog takes the lease then). A poll that starts after
+        ``start_by`` (half an interval after the dispatcher sent it; without
+        it, half an interval after its slot) is dropped (``late``). Manual
+        polls (CLI, admin, tests) always take a lease.
         """
         try:
             definition = triggers.get(name)
@@ -184,7 +186,9 @@ class Poller:
         interval = definition.poll_interval
         if next_due is not None and hold_by is None:
             hold_by = next_due - min(1.0, max(0.02, interval / 4))
-        if next_due is not None and started > next_due - interval / 2:
+        if start_by is None and next_due is not None:
+            start_by = next_due - interval / 2
+        if start_by is not None and started > start_by:
             # More than half an interval late: the next slot's poll would follow at once, and
             # under load a late poll only makes the next one later. Dropped, at no cost.
             logger.debug("%s: not polled (more than half an interval late)", name)

@@ -450,6 +450,37 @@ def test_a_scheduled_poll_more_than_half_an_interval_late_is_dropped_unrun(
     assert again.trigger_name == "late"
 
 
+def test_the_half_interval_counts_from_the_send_and_never_reaches_hold_by(
+    installation: Installation, statements: list[str]
+) -> None:
+    from cloaca_celery.dispatch import hold_by, start_by
+
+    # Sent 45 ms into a 100 ms slot (waiting for a 50 ms dispatch tick): it may start
+    # until 90 ms (hold_by), not only until 50 ms.
+    assert start_by(10.0, 10.1, 0.1, 10.045) == hold_by(10.1, 0.1) == 10.09
+    assert start_by(10.0, 11.0, 1.0, 10.02) == 10.52
+    assert start_by(10.0, 11.0, 1.0, 9.99) == 10.5  # sent early (clock skew): the slot counts
+    calls: list[int] = []
+
+    @trigger(workflow="recorded", poll_interval="10s")
+    def tardy() -> TriggerResult:
+        calls.append(1)
+        return TriggerResult.skip()
+
+    t0 = time.time()
+    installation.store.sync_triggers([spec_of_name("tardy")], t0)
+    slot = slot_of(installation, "tardy", t0)
+    deadline = start_by(slot.due, slot.next_due, 10.0, slot.due + 2.0)  # sent 2 s after its slot
+    statements.clear()
+    poller = installation.poller()
+    on_time = poller.poll("tardy", now=deadline - 0.01, scheduled=True, next_due=slot.next_due,
+                          hold_by=hold_by(slot.next_due, 10.0), errors=slot.errors, start_by=deadline)
+    assert (on_time.status, calls, statements) == ("skipped", [1], [])
+    late = poller.poll("tardy", now=deadline + 0.01, scheduled=True, next_due=slot.next_due,
+                       hold_by=hold_by(slot.next_due, 10.0), errors=slot.errors, start_by=deadline)
+    assert (late.status, late.detail, calls, statements) == ("not_polled", "late", [1], [])
+
+
 def test_a_poll_running_into_the_next_slot_takes_its_lease_in_time(installation: Installation) -> None:
     claims: list[list[str]] = []
     store = installation.store
