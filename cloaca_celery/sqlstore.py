@@ -44,7 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -341,16 +341,18 @@ class SqlStore:
         # In batches, each one statement that leaves alone a row another process created meanwhile.
         for start in range(0, len(new_rows), SYNC_BATCH):
             with self.engine.begin() as conn:
-                conn.execute(self._insert_missing(), new_rows[start:start + SYNC_BATCH])
+                conn.execute(self._insert_missing(schedules, ["trigger_name"]),
+                             new_rows[start:start + SYNC_BATCH])
 
-    def _insert_missing(self) -> Any:
+    def _insert_missing(self, table: Table, key: list[str]) -> Any:
+        """An INSERT that leaves alone (and does not count) a row whose ``key`` exists."""
         if self.dialect == "postgresql":
-            return postgresql.insert(schedules).on_conflict_do_nothing(index_elements=["trigger_name"])
+            return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
         if self.dialect == "sqlite":
-            return sqlite.insert(schedules).on_conflict_do_nothing(index_elements=["trigger_name"])
+            return sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
         if self.dialect in ("mysql", "mariadb"):
-            return insert(schedules).prefix_with("IGNORE")
-        return insert(schedules)
+            return insert(table).prefix_with("IGNORE")
+        return insert(table)
 
     def claim_due(self, now: float, limit: int) -> list[DuePoll]:
         t = schedules
@@ -524,46 +526,63 @@ class SqlStore:
     # -- executions and claims ------------------------------------------------
 
     def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
-        c, e = claims, executions
+        e = executions
+        row = {
+            "execution_id": execution.execution_id, "trigger_name": execution.trigger_name,
+            "workflow": execution.workflow, "context": execution.context,
+            "context_hash": execution.context_hash, "status": "queued",
+            "task_ids": list(execution.task_ids), "started_at": execution.started_at,
+        }
+        if claim_until is None and self.dialect != "sqlite":
+            # No claim: one INSERT is the whole write, one round trip outside a transaction.
+            with self._reader.connect() as conn:
+                conn.execute(insert(e).values(**row))
+            return True
         with self.engine.begin() as conn:
-            if claim_until is not None:
-                key = and_(c.c.trigger_name == execution.trigger_name,
-                           c.c.context_hash == execution.context_hash)
-                holder = conn.execute(select(c.c.execution_id, c.c.expires_at).where(key)).first()
-                if holder is None:
-                    try:
-                        with conn.begin_nested():
-                            conn.execute(insert(c).values(
-                                trigger_name=execution.trigger_name,
-                                context_hash=execution.context_hash,
-                                execution_id=execution.execution_id,
-                                claimed_at=now, expires_at=claim_until,
-                            ))
-                    except IntegrityError:
-                        return False
-                else:
-                    ended = select(e.c.execution_id).where(
-                        e.c.execution_id == holder.execution_id, e.c.status.in_(ACTIVE_STATUSES)
-                    )
-                    taken = conn.execute(
-                        update(c)
-                        .where(key, c.c.execution_id == holder.execution_id)
-                        .where(or_(c.c.expires_at < now, ~ended.exists()))
-                        .values(execution_id=execution.execution_id, claimed_at=now, expires_at=claim_until)
-                    ).rowcount
-                    if not taken:
-                        return False
-            conn.execute(insert(e).values(
-                execution_id=execution.execution_id,
-                trigger_name=execution.trigger_name,
-                workflow=execution.workflow,
-                context=execution.context,
-                context_hash=execution.context_hash,
-                status="queued",
-                task_ids=list(execution.task_ids),
-                started_at=execution.started_at,
-            ))
+            if claim_until is not None and not self._claim(conn, execution, claim_until, now):
+                return False
+            conn.execute(insert(e).values(**row))
         return True
+
+    def _claim(self, conn: Connection, execution: NewExecution, claim_until: float, now: float) -> bool:
+        """Take the (trigger, context hash) claim in ``conn``'s transaction, or say it is held.
+
+        PostgreSQL and SQLite first try ``INSERT ... ON CONFLICT DO NOTHING``:
+        with no claim (the usual case) that is the only statement. Otherwise,
+        and on MySQL/MariaDB (where that INSERT would share-lock the row and
+        two takeovers would deadlock), the holder is read and the claim taken
+        over only if it expired or its execution is no longer active, and only
+        from that holder, so two takeovers cannot both win.
+        """
+        c, e = claims, executions
+        claim = {"execution_id": execution.execution_id, "claimed_at": now, "expires_at": claim_until}
+        key = and_(c.c.trigger_name == execution.trigger_name, c.c.context_hash == execution.context_hash)
+        if self.dialect in ("postgresql", "sqlite"):
+            new_claim = self._insert_missing(c, ["trigger_name", "context_hash"]).values(
+                trigger_name=execution.trigger_name, context_hash=execution.context_hash, **claim
+            )
+            # psycopg reports -1 rows for ON CONFLICT DO NOTHING: ask for the row instead.
+            if conn.execute(new_claim.returning(c.c.execution_id)).first() is not None:
+                return True
+        holder = conn.execute(select(c.c.execution_id, c.c.expires_at).where(key)).first()
+        if holder is None:
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(c).values(
+                        trigger_name=execution.trigger_name, context_hash=execution.context_hash, **claim
+                    ))
+            except IntegrityError:
+                return False
+            return True
+        ended = select(e.c.execution_id).where(
+            e.c.execution_id == holder.execution_id, e.c.status.in_(ACTIVE_STATUSES)
+        )
+        return bool(conn.execute(
+            update(c)
+            .where(key, c.c.execution_id == holder.execution_id)
+            .where(or_(c.c.expires_at < now, ~ended.exists()))
+            .values(**claim)
+        ).rowcount)
 
     def mark_running(self, execution_id: str, at: datetime) -> bool:
         e = executions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,50 @@ def test_beat_gets_one_dispatch_entry_and_one_sweep_entry(tmp_path: Path) -> Non
     )
     other = Celery("other", set_as_current=False)
     assert "cloaca.poll" not in other.tasks
+
+
+def test_beats_schedule_file_keeps_the_dispatch_tick_and_beat_sleeps_until_it_is_due(tmp_path: Path) -> None:
+    import pickle
+
+    from celery._state import _set_current_app, get_current_app
+    from celery.beat import PersistentScheduler
+
+    _workflow()
+
+    @cloaca.trigger(workflow="known", poll_interval="100ms")
+    def brisk() -> bool:
+        return False
+
+    app = _app(tmp_path)
+    previous = get_current_app()
+    _set_current_app(app)  # as in a beat process: the schedule file is read back against it
+    try:
+        copy = pickle.loads(pickle.dumps(app.conf.beat_schedule["cloaca.dispatch"]["schedule"]))
+        assert isinstance(copy, DispatchSchedule) and copy.run_every.total_seconds() == pytest.approx(0.05)
+
+        @cloaca.trigger(workflow="known", poll_interval="40ms")
+        def brisker() -> bool:
+            return False
+
+        # the copy still follows the registry (triggers imported after install)
+        assert copy.run_every.total_seconds() == pytest.approx(0.05)  # clamped at 50 ms
+        scheduler = PersistentScheduler(app=app, schedule_filename=str(tmp_path / "beat-schedule"), lazy=False)
+        scheduler.sync()
+        entry = scheduler.schedule["cloaca.dispatch"]  # unpickled from the shelve after the sync
+        assert isinstance(entry.schedule, DispatchSchedule)
+        # Run beat's loop for 0.3 s. Not due yet, beat is told to sleep until the entry is due;
+        # with Celery's own schedule it was told 10 ms too little and ticked again at once,
+        # thousands of times a second.
+        ticks, sent, end = 0, 0, time.monotonic() + 0.3
+        while time.monotonic() < end:
+            wait = scheduler.tick()
+            ticks += 1
+            if wait and wait > 0:
+                assert 0.03 < wait <= 0.05, wait
+                time.sleep(wait)
+            else:
+                sent += 1
+        assert 3 <= sent <= 7 and ticks <= 2 * sent + 2, (ticks, sent)
+        scheduler.close()
+    finally:
+        _set_current_app(previous)
