@@ -48,3 +48,41 @@ class Deferred:
 
 
 deferred = Deferred()
+
+
+class _UntilEnd:
+    """A deferred write that is dropped if the task it describes has ended first."""
+
+    __slots__ = ("ended", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ended = False
+
+
+_until_end: dict[str, _UntilEnd] = {}
+
+
+def defer_until_end(task_id: str, work: Callable[[], object], what: str) -> None:
+    """``defer(work)``, unless task ``task_id`` ends (see :func:`task_ends`) before it runs.
+
+    For a write that would be wrong after the task's end, such as a STARTED
+    state written after Celery stored the task's SUCCESS.
+    """
+    guard = _UntilEnd()
+    _until_end[task_id] = guard
+
+    def guarded() -> None:
+        with guard.lock:
+            if not guard.ended:
+                work()
+
+    deferred.defer(guarded, what)
+
+
+def task_ends(task_id: str) -> None:
+    """Task ``task_id`` is ending: drop its pending write, or wait while it is being made."""
+    guard = _until_end.pop(task_id, None)
+    if guard is not None:
+        with guard.lock:
+            guard.ended = True

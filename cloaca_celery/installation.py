@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
 from datetime import datetime, timezone
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, signals, states
 
-from .background import deferred
+from .background import defer_until_end, deferred, task_ends
 from .dispatch import DISPATCH_TASK, POLL_TASK, DispatchSchedule, auto_dispatch_interval, dispatch_due
 from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
@@ -273,14 +274,20 @@ def install(app: Celery, **options: Any) -> Installation:
         installation.after_fork()
 
     def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+        if getattr(task, "app", None) is not app:
+            return
+        request = getattr(task, "request", None)
+        eager = bool(getattr(request, "is_eager", False))
+        if getattr(task, "cloaca_track_started", False) and not eager and task_id:
+            _record_started(task, task_id, request)
         execution_id = _execution_of(args)
-        if execution_id is None or getattr(task, "app", None) is not app:
+        if execution_id is None:
             return
         if getattr(task, "name", None) in (COMPLETE_TASK, FAILED_TASK):
             return  # the workflow's own steps are over: nothing starts running here
         # Recorded beside the step, not before it: the step does not wait for the store.
         at = datetime.now(timezone.utc)
-        if getattr(getattr(task, "request", None), "is_eager", False):
+        if eager:
             # Run in the caller's thread (tests, DefaultRunner): no write behind its back.
             installation.store.mark_running(execution_id, at)
             return
@@ -296,12 +303,31 @@ def install(app: Celery, **options: Any) -> Installation:
             datetime.now(timezone.utc),
         )
 
+    def on_task_postrun(task_id: str = "", **_: Any) -> None:
+        task_ends(task_id)  # normally done by the step itself; this covers a step that never ran
+
     signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
     signals.task_revoked.connect(on_task_revoked, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
     signals.beat_init.connect(on_beat_init, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
     return installation
+
+
+def _record_started(task: Any, task_id: str, request: Any) -> None:
+    """Store a step's STARTED state (what Celery's ``track_started`` stores) beside the step.
+
+    Celery writes it before the task runs, a result-backend round trip on
+    the way to the step's first line; cloaca's steps write it on the
+    background thread instead, and not at all if the step has ended first.
+    """
+    meta = {"pid": os.getpid(), "hostname": getattr(request, "hostname", None) or socket.gethostname()}
+
+    def store() -> None:
+        task.backend.store_result(task_id, meta, states.STARTED, request=request)
+
+    defer_until_end(task_id, store, f"task {task_id}: its STARTED state")
 
 
 def _register_tasks(app: Celery, installation: Installation) -> None:

@@ -21,6 +21,7 @@ from celery import Celery, current_task, shared_task
 from celery.canvas import Signature, _chain, chain, chord, group
 from celery.exceptions import Ignore
 
+from .background import task_ends
 from .context import Context, check_json_value
 from .errors import ConfigurationError, UnknownWorkflowError, WorkflowDefinitionError
 
@@ -140,7 +141,8 @@ def task(
     (a ``shared_task``, so every app has it); ``celery_options`` are passed
     to Celery (``name``, ``queue``, ``max_retries``, ``rate_limit``...).
     ``track_started`` defaults to True so the claim registry can tell a
-    running step from a lost one.
+    running step from a lost one; the STARTED state is written beside the
+    step, on a background thread, not before it (and never after its end).
     ``dependencies`` are task ids or other ``@task`` steps.
     """
     if callable(id) and not isinstance(id, str):
@@ -173,16 +175,24 @@ def task(
             )
 
         def run(context: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            ctx = Context(merge_contexts(context, f"task {task_id!r}"))
-            if _execution_has_ended(ctx, task_id):
-                raise Ignore()
-            return _step_output(fn(ctx), ctx, task_id)
+            try:
+                ctx = Context(merge_contexts(context, f"task {task_id!r}"))
+                if _execution_has_ended(ctx, task_id):
+                    raise Ignore()
+                return _step_output(fn(ctx), ctx, task_id)
+            finally:
+                # Before Celery stores the outcome: a STARTED not yet written never follows it.
+                request_id = getattr(getattr(current_task, "request", None), "id", None)
+                if request_id:
+                    task_ends(request_id)
 
         run.__name__ = getattr(fn, "__name__", task_id)
         run.__qualname__ = getattr(fn, "__qualname__", task_id)
         run.__module__ = getattr(fn, "__module__", __name__)
         run.__doc__ = fn.__doc__
-        options = {"track_started": True, **celery_options}
+        # STARTED is written by cloaca beside the step (see installation), not by Celery before it.
+        options = {**celery_options, "track_started": False,
+                   "cloaca_track_started": bool(celery_options.get("track_started", True))}
         celery_task = shared_task(name=celery_name, **options)(run)
         spec = TaskSpec(task_id, celery_name, tuple(dep_ids), fn)
         tasks.add(spec, celery_task, fn)
