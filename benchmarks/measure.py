@@ -8,6 +8,7 @@ bare-Celery side first, the cloaca side right after, so drift hits both.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -279,28 +280,45 @@ class Bench:
 
     # -- 4. scale: many triggers at 1 s, one beat, two workers -----------------------------
 
-    def scale(self, count: int, key: str) -> Figures:
-        """``count`` triggers at 1 s with one beat and two workers; figures named ``<key>_...``."""
+    def scale(self, count: int, key: str, bare: bool = False) -> Figures:
+        """``count`` triggers at 1 s with one beat and two workers; figures named ``<key>_...``.
+
+        ``bare``: the same load in bare Celery, for comparison: no beat and no
+        triggers; this process sends ``count`` no-op tasks a second, each
+        carrying its due time and expiring half a second after it, on the
+        dispatcher's tick, with the due times spread over each second as
+        cloaca spreads the triggers' slots. Figures named ``<key>_..._bare``.
+        """
         seconds, interval = self.size.scale_seconds, 1.0
         svc = self.svc
+        task = "bench.slot" if bare else "cloaca.poll"
         counters = (
-            "bench:dispatched", "bench:expired:cloaca.poll", "bench:sql:write", "bench:sql:rows",
-            "bench:sql:all",
+            "bench:dispatched", f"bench:expired:{task}", "bench:sql:write", "bench:sql:rows", "bench:sql:all",
         )
+        stop = threading.Event()
         with svc.schema() as (_schema, url):
             svc.reset_redis()
-            with self.processes(url, "scale", count, interval) as procs:
-                procs.beat()
+            with self.processes(url, "scale", 0 if bare else count, interval) as procs:
+                if not bare:
+                    procs.beat()
                 procs.worker("worker1")
                 procs.worker("worker2")
-                self.wait_ready(procs, workers=2, beats=1)
-                time.sleep(self.size.scale_warmup)
-                start = math.ceil(time.time())
-                end = start + seconds
-                time.sleep(max(0.0, start - time.time()))
-                before = [svc.count(c) for c in counters]
-                time.sleep(max(0.0, end - time.time()))
-                after = [svc.count(c) for c in counters]
+                self.wait_ready(procs, workers=2, beats=0 if bare else 1)
+                sender = threading.Thread(target=self._send_slots, args=(count, interval, stop), daemon=True)
+                if bare:
+                    sender.start()
+                try:
+                    time.sleep(self.size.scale_warmup)
+                    start = math.ceil(time.time())
+                    end = start + seconds
+                    time.sleep(max(0.0, start - time.time()))
+                    before = [svc.count(c) for c in counters]
+                    time.sleep(max(0.0, end - time.time()))
+                    after = [svc.count(c) for c in counters]
+                finally:
+                    stop.set()
+                    if bare:
+                        sender.join(10)
                 procs.check_alive()
                 time.sleep(1.0 + FLUSH_PERIOD * 4)  # the last second's polls finish and are flushed
                 buckets = svc.redis.hgetall("bench:polls")
@@ -309,6 +327,14 @@ class Bench:
         executed = sum(int(v) for k, v in buckets.items() if start <= int(k) < end)
         expected = count * seconds / interval
         lateness, method = lateness_samples(late, start, end, interval)
+        if bare:
+            return {
+                f"{key}_share_bare": executed / expected,
+                f"{key}_rate_bare": executed / seconds,
+                f"{key}_expired_bare": expired / seconds,
+                f"{key}_late_p50_bare": percentile(lateness, 50) * 1000 if lateness else math.nan,
+                f"{key}_late_p99_bare": percentile(lateness, 99) * 1000 if lateness else math.nan,
+            }
         per_poll = max(executed, 1)
         return {
             f"{key}_share": executed / expected,
@@ -322,6 +348,29 @@ class Bench:
             f"{key}_writes": writes / per_poll,
             f"{key}_statements": statements / per_poll,
         }
+
+    def _send_slots(self, count: int, interval: float, stop: threading.Event) -> None:
+        """The bare side's dispatcher: every 50 ms, the no-op tasks due since the last tick."""
+        client = self.client()
+        tick, sent_until = 0.05, time.time()
+        try:
+            with client.producer_or_acquire() as producer:
+                while not stop.is_set():
+                    now = time.time()
+                    base = math.floor(sent_until / interval) * interval
+                    due_times: list[float] = []
+                    while base <= now:
+                        due_times += [base + interval * i / count for i in range(count)
+                                      if sent_until < base + interval * i / count <= now]
+                        base += interval
+                    for due in due_times:
+                        expires = max(due + interval / 2 - time.time(), 0.05)
+                        client.send_task("bench.slot", args=(due,), producer=producer, expires=expires,
+                                         ignore_result=True)
+                    sent_until = now
+                    stop.wait(max(0.0, now + tick - time.time()))
+        finally:
+            client.close()
 
     # -- 5. beat memory ---------------------------------------------------------------------
 
@@ -356,12 +405,15 @@ class Bench:
             ("fire latency", self.fire_latency),
             ("writes per fire", self.fire_writes),
             ("scale", lambda: self.scale(self.size.scale_triggers, "scale")),
+            ("scale, bare Celery", lambda: self.scale(self.size.scale_triggers, "scale", bare=True)),
             ("scale, lighter load", lambda: self.scale(self.size.light_triggers, "light")),
             ("beat memory", self.beat_memory),
         ):
             started = time.monotonic()
             figures.update(step())
             progress(f"  {name}: {time.monotonic() - started:.1f}s")
+        if figures.get("scale_share_bare"):
+            figures["scale_share_ratio"] = figures["scale_share"] / figures["scale_share_bare"]
         return figures
 
 
