@@ -132,7 +132,9 @@ def test_beats_schedule_file_keeps_the_dispatch_tick_and_beat_sleeps_until_it_is
 
         # the copy still follows the registry (triggers imported after install)
         assert copy.run_every.total_seconds() == pytest.approx(0.05)  # clamped at 50 ms
-        scheduler = PersistentScheduler(app=app, schedule_filename=str(tmp_path / "beat-schedule"), lazy=False)
+        scheduler = PersistentScheduler(
+            app=app, schedule_filename=str(tmp_path / "beat-schedule"), lazy=False
+        )
         scheduler.sync()
         entry = scheduler.schedule["cloaca.dispatch"]  # unpickled from the shelve after the sync
         assert isinstance(entry.schedule, DispatchSchedule)
