@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -225,9 +227,9 @@ def _tune_sqlite(engine: Engine, memory: bool) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        if not memory:
+            _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -236,6 +238,25 @@ def _tune_sqlite(engine: Engine, memory: bool) -> None:
         # A single read runs in autocommit (the driver's isolation_level is None): no write lock.
         if not connection.get_execution_options().get("cloaca_read"):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _set_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, waiting while another connection holds the file.
+
+    Switching a fresh file to WAL takes an exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy timeout, when workers and
+    beat open the file together. WAL stays set in the file: the first switch
+    is the only one that can meet another.
+    """
+    deadline = time.monotonic() + 30.0
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def redact_url(url: str) -> str:
