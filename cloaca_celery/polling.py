@@ -189,9 +189,9 @@ class Poller:
         if start_by is None and next_due is not None:
             start_by = next_due - interval / 2
         if start_by is not None and started > start_by:
-            # More than half an interval late: the next slot's poll would follow at once, and
-            # under load a late poll only makes the next one later. Dropped, at no cost.
-            logger.debug("%s: not polled (more than half an interval late)", name)
+            # Waited in the queue more than half an interval: the next slot's poll would follow
+            # at once, and under load a late poll only makes the next one later. Dropped, at no cost.
+            logger.debug("%s: not polled (waited more than half an interval to start)", name)
             return PollReport(name, "not_polled", "late")
         # Manual polls (and old messages without their slot) hold the trigger from the start.
         hold = next_due is None or hold_by is None or started > hold_by

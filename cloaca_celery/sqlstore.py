@@ -366,7 +366,7 @@ class SqlStore:
                              new_rows[start:start + SYNC_BATCH])
 
     def _insert_missing(self, table: Table, key: list[str]) -> Any:
-        """An INSERT that leaves alone (and does not count) a row whose ``key`` exists."""
+        """An INSERT that leaves alone a row whose ``key`` exists (no error, nothing written)."""
         if self.dialect == "postgresql":
             return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
         if self.dialect == "sqlite":
