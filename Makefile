@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench clean screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cloaca-celery needs Python 3.10 or newer (set PYTHON=python3.x)")'
@@ -22,6 +22,10 @@ test: lint
 	@echo "--- django_cloaca again, on PostgreSQL ---"
 	CLOACA_TEST_DJANGO_DB=postgresql $(BIN)/python -m pytest tests/djangoapp tests/contract -k "django or not contract" $(PYTEST_ARGS)
 	DJANGO_SETTINGS_MODULE=tests.django_project.settings $(BIN)/python -m django makemigrations --check --dry-run django_cloaca
+
+# Retake the admin pictures of docs/django.md with the real-browser test (make test never writes them).
+screenshots: $(STAMP)
+	CLOACA_REFRESH_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/djangoapp/test_browser.py
 
 demo: $(STAMP)
 	$(BIN)/python example_project/run_demo.py

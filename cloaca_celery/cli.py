@@ -1,28 +1,110 @@
-"""``celery -A proj cloaca ...``: list, switch, inspect and poll triggers from the shell.
+"""``celery -A proj cloaca ...``: list, show, switch, inspect and poll triggers from the shell.
 
-Registered through the ``celery.commands`` entry point, so it runs with the
-app, configuration and store that ``-A proj`` names. Errors (unknown
-trigger, bad argument, unreachable store) exit non-zero with one line.
+Registered through the ``celery.commands`` entry point and built like
+Celery's own commands (``celery inspect``, ``celery purge``): Celery's
+command and option classes, the app from ``ctx.obj.app``, ``--no-color``
+honoured, ``--json`` on every command that lists something (the shapes are
+in ``docs/cli.md``), and sysexits exit codes:
+
+* ``0`` done; ``1`` ``check`` found a problem, or the trigger itself failed;
+* ``64`` (EX_USAGE) a bad option or argument, an unknown trigger;
+* ``69`` (EX_UNAVAILABLE) the store or the broker cannot be reached, or no
+  worker answered;
+* ``78`` (EX_CONFIG) cloaca's configuration is wrong.
+
+Every error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from celery import Celery
+from celery.bin.base import CeleryCommand, CeleryOption, handle_preload_options
+from celery.exceptions import CeleryCommandException
 
 from .dispatch import DISPATCH_TASK, POLL_TASK
 from .durations import format_duration, parse_duration
-from .errors import CloacaError, UnknownTriggerError
+from .errors import CloacaError, ConfigurationError, UnknownTriggerError
+from .health import UNHEALTHY_AFTER_ERRORS, assess_schedule
 from .installation import SWEEP_TASK, Installation, get_installation
 from .polling import evaluate, spec_of
-from .store import STATUSES
-from .triggers import triggers
+from .store import STATUSES, Store
+from .terminal import clip, printable, table
+from .triggers import HOW_TRIGGERS_ARE_FOUND, triggers
+from .workflows import workflows
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+
+def _exit(message: str, code: int) -> NoReturn:
+    raise CeleryCommandException(message=printable(message), exit_code=code)
+
+
+class UsageError(click.UsageError):
+    """A usage error with Celery's exit code, EX_USAGE (64), where click uses 2."""
+
+    exit_code = EX_USAGE
+
+
+class _SysexitsUsage:
+    """Click's own usage errors (a bad option, an unknown command) leave with EX_USAGE too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc,no-any-return]
+        except click.UsageError as exc:
+            raise UsageError(exc.format_message(), exc.ctx) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)  # type: ignore[misc]
+        except click.UsageError as exc:
+            if isinstance(exc, UsageError):
+                raise
+            raise UsageError(exc.format_message(), exc.ctx) from None
+
+
+class CloacaCommand(_SysexitsUsage, CeleryCommand):  # type: ignore[misc]
+    """A ``celery cloaca`` subcommand."""
+
+
+class CloacaGroup(_SysexitsUsage, click.Group):
+    """The ``celery cloaca`` group: its subcommands are :class:`CloacaCommand`s."""
+
+    command_class = CloacaCommand
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _echo_json(ctx: click.Context, data: object) -> None:
+    ctx.obj.echo(json.dumps(data, default=_json_default, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def _option(*names: str, **kwargs: Any) -> Callable[[Any], Any]:
+    return click.option(*names, cls=CeleryOption, **kwargs)
+
+
+def _json_flag(what: str) -> Callable[[Any], Any]:
+    return _option("--json", "as_json", is_flag=True, help_group="Output Options",
+                   help=f"Print {what} as JSON (shape in docs/cli.md).")
+
+
+# -- the app, its installation and its store ------------------------------------
 
 
 def _installation(ctx: click.Context) -> Installation:
@@ -30,7 +112,7 @@ def _installation(ctx: click.Context) -> Installation:
     try:
         installation = get_installation(app)
     except CloacaError as exc:
-        raise click.ClickException(str(exc)) from None
+        _exit(str(exc), EX_CONFIG)
     app.loader.import_default_modules()
     return installation
 
@@ -38,7 +120,7 @@ def _installation(ctx: click.Context) -> Installation:
 _synced: set[int] = set()
 
 
-def _synced_store(installation: Installation) -> Any:
+def _store(installation: Installation) -> Store:
     """The store, with rows for the triggers this process defines (never pruning others)."""
     store = installation.store
     if id(installation) not in _synced:
@@ -47,55 +129,115 @@ def _synced_store(installation: Installation) -> Any:
     return store
 
 
+def _store_call(installation: Installation, what: str, call: Callable[[Store], Any]) -> Any:
+    """``call(store)``; every failure, opening the store included, becomes one line and its exit code."""
+    try:
+        return call(_store(installation))
+    except UnknownTriggerError as exc:
+        _exit(f"{exc} ('celery cloaca list' shows the triggers there are)", EX_USAGE)
+    except ConfigurationError as exc:
+        _exit(str(exc), EX_CONFIG)
+    except (ValueError, TypeError) as exc:
+        _exit(str(exc), EX_USAGE)
+    except CloacaError as exc:
+        _exit(str(exc), EX_FAILURE)
+    except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _exit(f"{what}: the store could not be reached: {type(exc).__name__}: {first_line}",
+              EX_UNAVAILABLE)
+
+
 def _when(value: datetime | None) -> str:
     if value is None:
         return "-"
     return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
-    body = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join([line.rstrip(), *(b.rstrip() for b in body)])
+def _yes(value: object) -> str:
+    return "yes" if value else "no"
 
 
-def _store_call(installation: Installation, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    """Call ``store.<method>``; every failure, opening the store included, becomes one line."""
-    try:
-        return getattr(_synced_store(installation), method)(*args, **kwargs)
-    except UnknownTriggerError as exc:
-        raise click.ClickException(f"{exc} ('cloaca list' shows the triggers it has)") from None
-    except (ValueError, TypeError) as exc:
-        raise click.BadParameter(str(exc)) from None
-    except CloacaError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - any store failure becomes one line
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise click.ClickException(
-            f"{what}: the store could not be reached: {type(exc).__name__}: {first_line}"
-        ) from None
+# -- commands ----------------------------------------------------------------------
 
 
-@click.group(name="cloaca")
+@click.group(name="cloaca", cls=CloacaGroup)
 @click.pass_context
-def cloaca(ctx: click.Context) -> None:
+@handle_preload_options
+def cloaca(ctx: click.Context, **_: Any) -> None:
     """Event-driven workflow triggers (cloaca-celery)."""
 
 
 @cloaca.command(name="list")
+@_option("--errors", "show_errors", is_flag=True, help_group="Output Options",
+         help="Add a column with each trigger's last error.")
+@_json_flag("every trigger's schedule")
 @click.pass_context
-def list_triggers(ctx: click.Context) -> None:
-    """Every trigger: workflow, interval, enabled, last poll/fire, errors."""
+def list_triggers(ctx: click.Context, show_errors: bool, as_json: bool) -> None:
+    """Every trigger: workflow, interval, enabled, last poll and fire, errors."""
     inst = _installation(ctx)
-    schedules = _store_call(inst, "list", "list_schedules")
-    rows = [
-        [s["trigger_name"], s["workflow"], format_duration(s["poll_interval"]),
-         "yes" if s["enabled"] else "no", _when(s["last_poll_at"]), _when(s["last_fire_at"]),
-         str(s["consecutive_errors"]) + ("" if s["registered"] else " (not in code)")]
-        for s in schedules
+    schedules: list[dict[str, Any]] = _store_call(inst, "list", lambda s: s.list_schedules())
+    if as_json:
+        _echo_json(ctx, schedules)
+        return
+    headers = ["name", "workflow", "interval", "enabled", "last poll", "last fire", "errors"]
+    if show_errors:
+        headers.append("last error")
+    rows = []
+    for s in schedules:
+        row = [s["trigger_name"], s["workflow"], format_duration(s["poll_interval"]), _yes(s["enabled"]),
+               _when(s["last_poll_at"]), _when(s["last_fire_at"]),
+               str(s["consecutive_errors"]) + ("" if s["registered"] else " (not in code)")]
+        if show_errors:
+            row.append(clip(printable(s["last_error"] or "-"), 70) if s["consecutive_errors"] else "-")
+        rows.append(row)
+    ctx.obj.echo(table(headers, rows))
+
+
+@cloaca.command()
+@click.argument("name")
+@_json_flag("the schedule")
+@click.pass_context
+def show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Trigger NAME: its whole schedule, state and last error."""
+    inst = _installation(ctx)
+    s: dict[str, Any] = _store_call(inst, "show", lambda store: store.get_schedule(name))
+    if as_json:
+        _echo_json(ctx, s)
+        return
+    health = assess_schedule(s)
+    errors = int(s["consecutive_errors"])
+    lines = [
+        ("trigger", s["trigger_name"]),
+        ("workflow", s["workflow"]),
+        ("poll interval", format_duration(s["poll_interval"])),
+        ("enabled", _yes(s["enabled"])),
+        ("in code", _yes(s["registered"]) + ("" if s["registered"] else
+                                              " (no worker defines it any more: not polled)")),
+        ("concurrent", _yes(s["allow_concurrent"])),
+        ("next poll", _when(s["next_poll_at"])),
+        ("last poll", _when(s["last_poll_at"])),
+        ("last fire", _when(s["last_fire_at"])),
+        ("deduplicated", str(s["dedup_count"])),
+        ("errors in a row", str(errors) + (f" ({health.status})" if errors else "")),
+        ("last error at", _when(s["last_error_at"])),
+        ("state", json.dumps(s["state"], sort_keys=True, ensure_ascii=False)),
+        ("created", _when(s["created_at"])),
+        ("updated", _when(s["updated_at"])),
     ]
-    click.echo(_table(["name", "workflow", "interval", "enabled", "last poll", "last fire", "errors"], rows))
+    width = max(len(label) for label, _ in lines) + 2
+    for label, value in lines:
+        ctx.obj.echo(f"{label:<{width}}{printable(value)}")
+    error = s["last_error"]
+    ctx.obj.echo(f"{'last error':<{width}}" + ("-" if not error else ""))
+    if error:
+        for line in str(error).splitlines():
+            ctx.obj.echo("  " + printable(line))
+
+
+def _switch(ctx: click.Context, name: str, enabled: bool) -> None:
+    inst = _installation(ctx)
+    _store_call(inst, "enable" if enabled else "disable", lambda s: s.set_enabled(name, enabled))
+    ctx.obj.echo(f"{printable(name)}: {'enabled' if enabled else 'disabled'}")
 
 
 @cloaca.command()
@@ -103,9 +245,7 @@ def list_triggers(ctx: click.Context) -> None:
 @click.pass_context
 def enable(ctx: click.Context, name: str) -> None:
     """Switch trigger NAME on (from its next poll, no restart)."""
-    inst = _installation(ctx)
-    _store_call(inst, "enable", "set_enabled", name, True)
-    click.echo(f"{name}: enabled")
+    _switch(ctx, name, True)
 
 
 @cloaca.command()
@@ -113,38 +253,48 @@ def enable(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def disable(ctx: click.Context, name: str) -> None:
     """Switch trigger NAME off (from its next poll, no restart)."""
-    inst = _installation(ctx)
-    _store_call(inst, "disable", "set_enabled", name, False)
-    click.echo(f"{name}: disabled")
+    _switch(ctx, name, False)
 
 
 @cloaca.command()
 @click.argument("name")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--status", type=click.Choice(STATUSES))
+@_option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+         help_group="Filter Options", help="Show at most this many executions.")
+@_option("--status", type=click.Choice(STATUSES), help_group="Filter Options",
+         help="Only executions with this status.")
+@_json_flag("the executions")
 @click.pass_context
-def history(ctx: click.Context, name: str, limit: int, status: str | None) -> None:
+def history(ctx: click.Context, name: str, limit: int, status: str | None, as_json: bool) -> None:
     """Executions of trigger NAME, newest first."""
     inst = _installation(ctx)
-    _store_call(inst, "history", "get_schedule", name)
-    rows_in = _store_call(inst, "history", "execution_history", name, limit=limit, status=status)
+    _store_call(inst, "history", lambda s: s.get_schedule(name))
+    found: list[dict[str, Any]] = _store_call(
+        inst, "history", lambda s: s.execution_history(name, limit=limit, status=status)
+    )
+    if as_json:
+        _echo_json(ctx, found)
+        return
     rows = []
-    for e in rows_in:
+    for e in found:
         took = "-"
         if e["completed_at"] is not None:
             took = f"{(e['completed_at'] - e['started_at']).total_seconds():.2f}s"
-        error = (e["error"] or "").splitlines()[0][:60] if e["error"] else ""
+        error = printable(str(e["error"]).splitlines()[0]) if e["error"] else ""
+        context = json.dumps(e["context"], sort_keys=True, ensure_ascii=False)
         rows.append([e["execution_id"], e["status"], _when(e["started_at"]), _when(e["completed_at"]), took,
-                     json.dumps(e["context"], sort_keys=True, ensure_ascii=False)[:50], error])
-    click.echo(_table(["execution", "status", "started", "completed", "took", "context", "error"], rows))
+                     clip(printable(context), 50), clip(error, 60)])
+    ctx.obj.echo(table(["execution", "status", "started", "completed", "took", "context", "error"], rows))
 
 
 @cloaca.command()
 @click.argument("name")
-@click.option("--fire", is_flag=True, help="Poll through cloaca.poll on a worker (may really fire).")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait with --fire.")
+@_option("--fire", is_flag=True, help_group="Poll Options",
+         help="Poll through cloaca.poll on a worker (may really fire).")
+@_option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+         help_group="Poll Options", help="Seconds to wait for the worker with --fire.")
+@_json_flag("the outcome")
 @click.pass_context
-def poll(ctx: click.Context, name: str, fire: bool, timeout: float) -> None:
+def poll(ctx: click.Context, name: str, fire: bool, timeout: float, as_json: bool) -> None:
     """Evaluate trigger NAME once here and print what it returns (nothing is enqueued).
 
     With --fire, send the cloaca.poll task that beat's dispatcher sends and
@@ -154,59 +304,117 @@ def poll(ctx: click.Context, name: str, fire: bool, timeout: float) -> None:
     try:
         definition = triggers.get(name)
     except UnknownTriggerError as exc:
-        raise click.ClickException(str(exc)) from None
+        _exit(str(exc), EX_USAGE)
     if fire:
-        result = inst.app.send_task(POLL_TASK, args=(name,), ignore_result=False)
+        try:
+            result = inst.app.send_task(POLL_TASK, args=(name,), ignore_result=False)
+        except Exception as exc:  # noqa: BLE001 - the broker's refusal, in one line
+            _exit(f"{name}: the poll could not be sent: the broker could not be reached: {exc}",
+                  EX_UNAVAILABLE)
         try:
             report = result.get(timeout=timeout, propagate=True)
         except Exception as exc:  # noqa: BLE001 - a timeout or a worker error, in one line
-            raise click.ClickException(
-                f"{name}: no outcome from a worker within {timeout:g}s: {exc}"
-            ) from None
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+            _exit(f"{name}: no outcome from a worker within {timeout:g}s (is a worker running and "
+                  f"consuming the poll queue?): {type(exc).__name__}: {exc}", EX_UNAVAILABLE)
+        _echo_json(ctx, report)
         return
     state: dict[str, Any] = {}
     if definition.takes_state:
-        state = dict(_store_call(inst, "poll", "get_schedule", name)["state"])
+        state = dict(_store_call(inst, "poll", lambda s: s.get_schedule(name))["state"])
     started = time.monotonic()
     try:
         outcome = evaluate(definition, state)
     except Exception as exc:  # noqa: BLE001 - the trigger's own error, in one line
-        raise click.ClickException(f"{name}: {type(exc).__name__}: {exc}") from None
+        if as_json:
+            _echo_json(ctx, {"trigger_name": name, "result": "error", "context": None,
+                             "error": f"{type(exc).__name__}: {exc}"})
+            raise click.exceptions.Exit(EX_FAILURE) from None
+        _exit(f"{name}: {type(exc).__name__}: {exc}", EX_FAILURE)
     took = time.monotonic() - started
+    context = outcome.context.to_dict() if outcome.context is not None else None
+    if as_json:
+        _echo_json(ctx, {"trigger_name": name, "result": "fire" if outcome.is_fire_result() else "skip",
+                         "context": context, "error": None, "took_ms": round(took * 1000, 3)})
+        return
     if outcome.is_skip_result():
-        click.echo(f"{name}: skip ({took * 1000:.1f} ms)")
+        ctx.obj.echo(f"{name}: skip ({took * 1000:.1f} ms)")
     else:
-        context = outcome.context.to_dict() if outcome.context is not None else {}
-        shown = json.dumps(context, sort_keys=True, ensure_ascii=False)
-        click.echo(f"{name}: fire {shown} ({took * 1000:.1f} ms; "
-                   "nothing enqueued, use --fire)")
+        shown = printable(json.dumps(context or {}, sort_keys=True, ensure_ascii=False))
+        ctx.obj.echo(f"{name}: fire {shown} ({took * 1000:.1f} ms; nothing enqueued, use --fire)")
 
 
 @cloaca.command()
+@_json_flag("the findings")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Check triggers, workflows, serializers, store and beat entries; exit 1 on a problem."""
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Check triggers, workflows, serializers, the store and beat's entries.
+
+    Exits 1 when there is a problem: no trigger found, a trigger naming an
+    unknown workflow, a serializer other than JSON, a missing beat entry, or
+    a trigger whose last polls failed (with its error); 69 when the store
+    cannot be reached.
+    """
     inst = _installation(ctx)
-    problems = list(inst.check())
+    setup_problems = inst.check()
+    problems: list[dict[str, Any]] = [{"trigger": None, "message": p} for p in setup_problems]
+    warnings: list[dict[str, Any]] = []
+    passed: list[str] = []
+    code = EX_OK
+    if not len(triggers):
+        problems.append({"trigger": None, "message": f"no triggers found. {HOW_TRIGGERS_ARE_FOUND}"})
+    store_url = "-"
     try:
         settings = inst.settings
-        _store_call(inst, "check", "list_schedules")
-        click.echo(f"ok    store reachable ({getattr(inst.store, 'url', type(inst.store).__name__)})")
-    except (click.ClickException, CloacaError) as exc:
-        problems.append(str(exc.message if isinstance(exc, click.ClickException) else exc))
+        store = _store(inst)
+        store_url = store.url
+        schedules = store.list_schedules()
+    except Exception as exc:  # noqa: BLE001 - reported as a problem, not a traceback
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        problems.append({"trigger": None,
+                         "message": f"the store could not be reached: {type(exc).__name__}: {first_line}"})
+        code = EX_UNAVAILABLE if not isinstance(exc, ConfigurationError) else EX_CONFIG
+        schedules = []
         settings = None
+    else:
+        passed.append(f"store reachable ({store_url})")
     beat = inst.app.conf.beat_schedule or {}
     for entry in (DISPATCH_TASK, SWEEP_TASK):
         if entry not in beat:
-            problems.append(f"beat entry {entry!r} missing: is install(app) called before beat starts?")
-    if settings is not None:
-        click.echo(f"ok    {len(triggers)} trigger(s); dispatch every {inst.dispatch_interval():g}s")
-    for problem in problems:
-        click.echo(f"FAIL  {problem}")
-    if problems:
-        raise click.exceptions.Exit(1)
-    click.echo("ok    serializers are JSON; every trigger's workflow is registered")
+            problems.append({"trigger": None, "message": f"beat entry {entry!r} missing: is "
+                             "install(app) called in the module that -A names?"})
+    defined = set(triggers.names())
+    for schedule in schedules:
+        if schedule["trigger_name"] not in defined:
+            continue
+        health = assess_schedule(schedule)
+        finding = {"trigger": health.trigger_name, "message": health.reason}
+        if health.status == "unhealthy":
+            problems.append(finding)
+        elif health.status == "warning":
+            warnings.append(finding)
+    if settings is not None and len(triggers):
+        passed.append(f"{len(triggers)} trigger(s), {len(workflows)} workflow(s); dispatch every "
+                      f"{inst.dispatch_interval():g}s")
+    if not setup_problems:
+        passed.append("serializers are JSON; every trigger's workflow is registered")
+    if problems and code == EX_OK:
+        code = EX_FAILURE
+    if as_json:
+        _echo_json(ctx, {"ok": not problems, "store": store_url, "triggers": len(triggers),
+                         "workflows": len(workflows), "problems": problems,
+                         "warnings": warnings, "unhealthy_after_errors": UNHEALTHY_AFTER_ERRORS})
+    else:
+        for line in passed:
+            ctx.obj.echo(f"{ctx.obj.style('ok  ', fg='green')}  {printable(line)}")
+        for finding in warnings:
+            ctx.obj.echo(f"{ctx.obj.style('WARN', fg='yellow')}  trigger {finding['trigger']!r}: "
+                         f"{printable(finding['message'])}")
+        for finding in problems:
+            who = f"trigger {finding['trigger']!r}: " if finding["trigger"] else ""
+            fail = ctx.obj.style("FAIL", fg="red", bold=True)
+            ctx.obj.echo(f"{fail}  {who}{printable(finding['message'])}")
+    if code != EX_OK:
+        raise click.exceptions.Exit(code)
 
 
 @cloaca.command()
@@ -214,12 +422,17 @@ def check(ctx: click.Context) -> None:
 def migrate(ctx: click.Context) -> None:
     """Create or upgrade cloaca's tables in the store."""
     inst = _installation(ctx)
-    _store_call(inst, "migrate", "ensure_schema")
-    click.echo(f"store up to date ({getattr(inst.store, 'url', type(inst.store).__name__)})")
+    def upgrade(store: Store) -> str:
+        store.ensure_schema()
+        return store.url
+
+    url = _store_call(inst, "migrate", upgrade)
+    ctx.obj.echo(f"store up to date ({url})")
 
 
 @cloaca.command()
-@click.option("--older-than", "older_than", required=True, help="e.g. 30d, 12h")
+@_option("--older-than", "older_than", required=True, help_group="Prune Options",
+         help="Age of the executions to delete, e.g. 30d, 12h.")
 @click.pass_context
 def prune(ctx: click.Context, older_than: str) -> None:
     """Delete ended executions completed more than --older-than ago."""
@@ -229,5 +442,5 @@ def prune(ctx: click.Context, older_than: str) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=seconds)
-    count = _store_call(inst, "prune", "prune_executions", cutoff)
-    click.echo(f"deleted {count} execution(s) completed before {_when(cutoff)} UTC")
+    count = _store_call(inst, "prune", lambda s: s.prune_executions(cutoff))
+    ctx.obj.echo(f"deleted {count} execution(s) completed before {_when(cutoff)} UTC")

@@ -31,7 +31,7 @@ from .registry import sweep
 from .settings import Settings, check_option_names, resolve_settings
 from .sqlstore import SqlStore
 from .store import Store
-from .triggers import triggers
+from .triggers import HOW_TRIGGERS_ARE_FOUND, triggers
 from .workflows import merge_contexts, workflows
 
 logger = logging.getLogger("cloaca_celery.installation")
@@ -157,10 +157,16 @@ class Installation:
         # Close before the pool (and an embedded beat) fork: a SQLite connection
         # must never be inherited by a child process.
         store.close()
+
+    def announce(self, role: str) -> None:
+        """The one start-up line: what was loaded, and from where (after Celery set up logging)."""
+        if not len(triggers):
+            logger.warning("cloaca: %s ready, but no triggers were found (store %s). %s",
+                           role, self.store.url, HOW_TRIGGERS_ARE_FOUND)
+            return
         logger.info(
             "cloaca: %s ready: %d trigger(s), %d workflow(s), store %s, dispatch every %gs",
-            role, len(triggers), len(workflows), getattr(store, "url", type(store).__name__),
-            self.dispatch_interval(),
+            role, len(triggers), len(workflows), self.store.url, self.dispatch_interval(),
         )
 
     def after_fork(self) -> None:
@@ -252,6 +258,9 @@ def install(app: Celery, **options: Any) -> Installation:
         return existing
     installation = Installation(app, dict(options))
     _installed[app] = installation
+    # Celery's autodiscover_tasks() imports each Django app's tasks.py; triggers.py is found
+    # the same way, whenever the app imports its modules (worker, beat, the CLI).
+    app.autodiscover_tasks(related_name="triggers")
     quiet_plumbing_logs()
     _register_tasks(app, installation)
 
@@ -266,9 +275,14 @@ def install(app: Celery, **options: Any) -> Installation:
         if getattr(sender, "app", None) is app:
             installation.start("worker")
 
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            installation.announce("worker")
+
     def on_beat_init(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             installation.start("beat")
+            installation.announce("beat")
 
     def on_process_init(**_: Any) -> None:
         installation.after_fork()
@@ -310,6 +324,7 @@ def install(app: Celery, **options: Any) -> Installation:
     signals.task_postrun.connect(on_task_postrun, weak=False)
     signals.task_revoked.connect(on_task_revoked, weak=False)
     signals.worker_init.connect(on_worker_init, weak=False)
+    signals.worker_ready.connect(on_worker_ready, weak=False)
     signals.beat_init.connect(on_beat_init, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
     return installation

@@ -260,9 +260,16 @@ def _set_wal(cursor: Any) -> None:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    """``url`` with its password replaced by ``***`` (for messages and logs).
+
+    A relative SQLite path is shown resolved: it names a file in the folder
+    the process started in, and the full path says which one.
+    """
     try:
-        return make_url(normalize_database_url(url)).render_as_string(hide_password=True)
+        parsed = make_url(normalize_database_url(url))
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            parsed = parsed.set(database=str(Path(str(parsed.database)).expanduser().resolve()))
+        return parsed.render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials
         return url.split("@")[-1] if "@" in url else url
 

@@ -146,6 +146,17 @@ class NewExecution:
 class Store(Protocol):
     """Persistence of trigger schedules, shared by every beat and worker."""
 
+    url: str
+    """Where the store is, for people: a URL with its password hidden, or the Django database."""
+
+    def ping(self) -> None:
+        """Open a connection and prove the database answers."""
+        ...
+
+    def dispose(self) -> None:
+        """Forget pooled connections without closing them (after a fork)."""
+        ...
+
     def ensure_schema(self) -> None:
         """Create or upgrade the tables."""
         ...

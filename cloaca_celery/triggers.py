@@ -21,6 +21,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_POLL_INTERVAL = "5s"
 
+HOW_TRIGGERS_ARE_FOUND = (
+    "Triggers are found in the module that -A names and the modules it imports, in the modules "
+    "of Celery's imports/include settings, and in the triggers.py of every installed Django app "
+    "(install(app) imports them the way Celery's autodiscover_tasks() imports tasks.py); "
+    "see docs/index.md"
+)
+
 
 @dataclass(frozen=True)
 class TriggerDefinition:
@@ -102,7 +109,7 @@ class TriggerRegistry:
     def describe_names(self) -> str:
         names = self.names()
         if not names:
-            return "none (is the module that defines them imported?)"
+            return f"none. {HOW_TRIGGERS_ARE_FOUND}"
         return ", ".join(repr(n) for n in names)
 
     def __contains__(self, name: object) -> bool:

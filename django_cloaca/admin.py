@@ -157,9 +157,9 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Poll selected triggers now", permissions=["change"])
     def poll_now(self, request: HttpRequest, queryset: QuerySet[TriggerSchedule]) -> None:
-        rows = list(queryset.values_list("trigger_name", "registered"))
-        self._warn_missing(request, [name for name, _ in rows])
-        retired = [name for name, registered in rows if not registered]
+        rows = list(queryset.values_list("trigger_name", "registered", "enabled"))
+        self._warn_missing(request, [name for name, _, _ in rows])
+        retired = [name for name, registered, _ in rows if not registered]
         if retired:
             self.message_user(
                 request,
@@ -167,10 +167,18 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 "defines it any more, so no poll was sent. Deploy the code that defines it first.",
                 messages.ERROR,
             )
+        disabled = [name for name, registered, enabled in rows if registered and not enabled]
+        if disabled:
+            self.message_user(
+                request,
+                f"Not polled: {', '.join(repr(n) for n in disabled)} is disabled, and a disabled "
+                "trigger is never polled, not even by \"poll now\". Enable it first.",
+                messages.WARNING,
+            )
         app = _celery_app()
         poll = app.tasks.get(POLL_TASK)
         sent: list[str] = []
-        for name in [name for name, registered in rows if registered]:
+        for name in [name for name, registered, enabled in rows if registered and enabled]:
             try:
                 if poll is not None:
                     poll.apply_async(args=(name,))
@@ -183,8 +191,8 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if sent:
             self.message_user(
                 request,
-                f"Poll sent for {', '.join(sent)}; a worker runs it like any scheduled poll "
-                "(disabled triggers are not polled).",
+                f"Poll sent for {', '.join(sent)}; a worker runs it like any scheduled poll, and "
+                "its outcome shows in the list and the history once it has run.",
                 messages.SUCCESS,
             )
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 import tests.django_project.celery_app  # noqa: F401 - its triggers exist in every test, as in a project
 from cloaca_celery.triggers import triggers
 from cloaca_celery.workflows import tasks, workflows
+
+# Nothing under .hypothesis/: `make test` leaves the working tree as it found it.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "cloaca-hyp"))
+settings.register_profile("cloaca", database=None)
+settings.load_profile("cloaca")
 
 
 @pytest.fixture(autouse=True)

@@ -1,46 +1,29 @@
-"""Every Python example in README.md and docs/ runs, with the checks written beside it.
+"""Every Python example in README.md and docs/ runs as the reader sees it.
 
-A page's ```python blocks run in order in one namespace, in a temporary
-directory. ``<!-- test-setup ... -->`` comments (stand-ins for the reader's
-own functions) run where they stand, and ``<!-- test-check ... -->`` comments
-hold assertions about what the examples just did. After a page has run, every
-trigger it defined is polled once, in process, and must return a valid result.
+A page's example blocks run in order in one namespace, in a temporary
+directory, and ``<!-- test-check ... -->`` comments hold assertions about
+what the examples just did. Project files (blocks headed ``# path.py``) are
+built and run with real processes by ``tests/e2e/test_docs_projects.py``.
+After a page has run, every trigger it defined is polled once, in process,
+and must return a valid result. See ``tests/docs_pages.py``.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from cloaca_celery.polling import evaluate
 from cloaca_celery.triggers import triggers
-
-REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-_PIECE = re.compile(
-    r"```python\n(?P<code>.*?)```|<!--\s*test-(?P<kind>setup|check)\n(?P<hidden>.*?)-->", re.S
-)
-
-
-def pieces(page: Path) -> list[tuple[str, str, int]]:
-    text = page.read_text()
-    found = []
-    for match in _PIECE.finditer(text):
-        line = text.count("\n", 0, match.start()) + 1
-        if match.group("code") is not None:
-            found.append(("example", match.group("code"), line))
-        else:
-            found.append((match.group("kind"), textwrap.dedent(match.group("hidden")), line))
-    return found
+from tests.docs_pages import PAGES, REPO, pieces
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    found = pieces(page)
+    found = [p for p in pieces(page) if p.kind in ("example", "check")]
     fences = re.findall(r"^```(\S*)$", page.read_text(), re.M)
     openings = fences[::2]
     assert all(openings), f"{page.name}: every code block names its language (python, bash, text)"
@@ -53,12 +36,12 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     before = set(triggers.names())
     try:
-        for kind, code, line in found:
+        for piece in found:
             try:
-                exec(compile(code, f"{page.name}:{line}", "exec"), namespace)
+                exec(compile(piece.code, f"{page.name}:{piece.line}", "exec"), namespace)
             except Exception as exc:
                 raise AssertionError(
-                    f"{page.relative_to(REPO)} line {line} ({kind}) failed: {exc!r}"
+                    f"{page.relative_to(REPO)} line {piece.line} ({piece.kind}) failed: {exc!r}"
                 ) from exc
     finally:
         _state._set_current_app(current)  # an example's Celery() must not stay the current app
@@ -67,6 +50,14 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         result = evaluate(definition, {})
         assert result.is_fire_result() or result.is_skip_result()
     assert os.getcwd() == str(tmp_path)
+
+
+def test_project_files_are_built_by_a_test() -> None:
+    """A page with project files is one that tests/e2e/test_docs_projects.py builds and runs."""
+    from tests.e2e.test_docs_projects import BUILT_PAGES
+
+    with_files = {p.relative_to(REPO).as_posix() for p in PAGES if any(x.kind == "file" for x in pieces(p))}
+    assert with_files == set(BUILT_PAGES)
 
 
 def test_trigger_page_keeps_the_seed_examples() -> None:

@@ -1,4 +1,7 @@
-"""The shop's Celery app: configured from Django settings, triggers from every app's tasks.py."""
+"""The shop's Celery app, configured from Django settings as docs/django.md shows.
+
+``autodiscover_tasks()`` imports every app's tasks.py; ``install(app)`` imports its triggers.py.
+"""
 
 from __future__ import annotations
 
@@ -12,5 +15,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "shop.settings")
 
 app = Celery("shop")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
-cloaca.install(app)
+app.autodiscover_tasks()        # every app's tasks.py
+cloaca.install(app)             # ... and every app's triggers.py

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cloaca_celery.sqlstore import SqlStore
+from cloaca_celery.sqlstore import SqlStore, schedules
 from cloaca_celery.store import NewExecution
+
+EX_USAGE, EX_UNAVAILABLE = 64, 69
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +63,9 @@ def test_enable_disable_round_trip_and_unknown_names(cli) -> None:  # type: igno
         assert store.get_schedule("never_fires")["enabled"] is True
     finally:
         store.close()
-    _one_line_error(cli("disable", "no_such"), "unknown trigger 'no_such'")
+    unknown = cli("disable", "no_such")
+    assert unknown.returncode == EX_USAGE
+    _one_line_error(unknown, "unknown trigger 'no_such'")
     _one_line_error(cli("enable", "no_such"), "unknown trigger 'no_such'")
     _one_line_error(cli("history", "no_such"), "unknown trigger 'no_such'")
     _one_line_error(cli("poll", "no_such"), "unknown trigger 'no_such'")
@@ -104,8 +109,12 @@ def test_history_lists_newest_first_with_limit_and_status(cli) -> None:  # type:
     assert [line.split()[0] for line in limited] == [ids[2]]
     failed = cli("history", "always_fires", "--status", "failed").stdout.splitlines()[1:]
     assert len(failed) == 1 and ids[1] in failed[0] and "ValueError: bad row" in failed[0]
-    assert cli("history", "always_fires", "--status", "bogus").returncode == 2
-    assert cli("history", "always_fires", "--limit", "0").returncode == 2
+    assert cli("history", "always_fires", "--status", "bogus").returncode == EX_USAGE
+    assert cli("history", "always_fires", "--limit", "0").returncode == EX_USAGE
+    as_json = json.loads(cli("history", "always_fires", "--json").stdout)
+    assert [row["execution_id"] for row in as_json] == list(reversed(ids))
+    assert as_json[1]["status"] == "failed" and as_json[1]["error"] == "ValueError: bad row"
+    assert datetime.fromisoformat(as_json[0]["started_at"]) == base + timedelta(minutes=2)
 
 
 def test_check_migrate_and_prune(cli) -> None:  # type: ignore[no-untyped-def]
@@ -126,7 +135,7 @@ def test_check_migrate_and_prune(cli) -> None:  # type: ignore[no-untyped-def]
     finally:
         store.close()
     bad = cli("prune", "--older-than", "soon")
-    assert bad.returncode == 2 and "'soon' is not a duration" in bad.stderr
+    assert bad.returncode == EX_USAGE and "'soon' is not a duration" in bad.stderr
 
 
 def test_check_fails_when_the_store_is_unreachable(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -139,6 +148,79 @@ def test_check_fails_when_the_store_is_unreachable(cli, tmp_path: Path) -> None:
              "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "cliapp"), str(REPO)])},
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
-    assert done.returncode == 1
+    assert done.returncode == EX_UNAVAILABLE
     assert "FAIL" in done.stdout and "store" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def _failing(url: str, name: str, errors: int, error: str) -> None:
+    """Record ``errors`` failed polls in a row on ``name``'s schedule, as the poller does."""
+    store = SqlStore(url)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(schedules.update().where(schedules.c.trigger_name == name).values(
+                consecutive_errors=errors, last_error=error, last_error_at=datetime.now(timezone.utc)))
+    finally:
+        store.close()
+
+
+def test_check_fails_naming_a_trigger_whose_polls_keep_failing(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("check").returncode == 0
+    _failing(cli.url, "broken", 1, "RuntimeError: sensor offline")
+    once = cli("check")
+    assert once.returncode == 0, once.stdout
+    assert "WARN  trigger 'broken': its last poll failed" in once.stdout
+    _failing(cli.url, "broken", 3, "RuntimeError: sensor offline\n  (second line of the error)")
+    done = cli("check")
+    assert done.returncode == 1, done.stdout
+    line = next(x for x in done.stdout.splitlines() if x.startswith("FAIL"))
+    assert "trigger 'broken': its last 3 polls failed" in line and "RuntimeError: sensor offline" in line
+    report = json.loads(cli("check", "--json").stdout)
+    assert report["ok"] is False and report["triggers"] == 3
+    assert [p["trigger"] for p in report["problems"]] == ["broken"]
+
+
+def test_list_errors_and_show_tell_why_a_trigger_fails(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("list").returncode == 0
+    _failing(cli.url, "broken", 2, "RuntimeError: sensor offline\nTraceback line two")
+    listed = cli("list", "--errors").stdout.splitlines()
+    assert listed[0].split()[-2:] == ["LAST", "ERROR"]
+    row = next(x for x in listed if x.startswith("broken"))
+    assert row.endswith("RuntimeError: sensor offline Traceback line two")
+    assert next(x for x in listed if x.startswith("never_fires")).endswith("-")
+    schedules_json = json.loads(cli("list", "--json").stdout)
+    broken = next(s for s in schedules_json if s["trigger_name"] == "broken")
+    assert broken["consecutive_errors"] == 2 and broken["last_error"].startswith("RuntimeError")
+    shown = cli("show", "broken")
+    assert shown.returncode == 0, shown.stderr
+    fields = dict(line.split(None, 1) for line in shown.stdout.splitlines() if line and line[0] != " "
+                  and len(line.split(None, 1)) == 2)
+    assert fields["trigger"] == "broken" and fields["workflow"] == "cli_workflow"
+    assert "  RuntimeError: sensor offline" in shown.stdout and "  Traceback line two" in shown.stdout
+    assert "errors in a row  2 (warning)" in shown.stdout
+    assert json.loads(cli("show", "broken", "--json").stdout)["last_error"].endswith("line two")
+    assert cli("show", "nope").returncode == EX_USAGE
+
+
+def test_printed_values_cannot_drive_the_terminal(cli) -> None:  # type: ignore[no-untyped-def]
+    """Control and bidi characters in errors and contexts are shown escaped, never sent raw."""
+    assert cli("list").returncode == 0
+    _failing(cli.url, "broken", 1, "bad\x1b[2J\u202eevil\x07")
+    for args in (("list", "--errors"), ("show", "broken"), ("check",)):
+        out = cli(*args).stdout
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, args
+        assert "bad\\x1b[2Jevil\\x07" in out, (args, out)
+
+
+def test_check_fails_when_no_trigger_is_found(tmp_path: Path) -> None:
+    (tmp_path / "empty_proj.py").write_text(
+        "from celery import Celery\nimport cloaca_celery as cloaca\n"
+        "app = Celery('empty_proj', broker='memory://')\n"
+        f"cloaca.install(app, database_url='sqlite:///{tmp_path / 'e.db'}')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "empty_proj", "cloaca", "check"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  no triggers found" in done.stdout and "triggers.py" in done.stdout

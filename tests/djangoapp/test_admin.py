@@ -166,8 +166,10 @@ def test_poll_now_leaves_a_disabled_trigger_alone(
 ) -> None:
     switches["invoice"] = "INV-10"
     store.set_enabled("invoice_watcher", False)
-    _action(_client(superuser), "poll_now", "invoice_watcher")
+    page = _action(_client(superuser), "poll_now", "invoice_watcher").content.decode()
     assert store.execution_history("invoice_watcher") == []
+    assert "Not polled: &#x27;invoice_watcher&#x27; is disabled" in page, page
+    assert "Enable it first" in page and "Poll sent" not in page
 
 
 # -- execution history ---------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The shop's triggers and workflows: the three patterns of cloaca's trigger page.
 
-Celery's ``autodiscover_tasks()`` imports this module in every worker and beat.
+``cloaca.install(app)`` imports every app's ``triggers.py`` in each worker and beat, the way
+Celery's ``autodiscover_tasks()`` imports ``tasks.py``.
 """
 
 from __future__ import annotations
