@@ -109,6 +109,7 @@ class Bench:
         from celery import Celery
 
         import cloaca_celery as cloaca
+        from cloaca_celery.builtin_tasks import POLL_TASK
         from cloaca_celery.dispatch import dispatch_due
         from cloaca_celery.installation import get_installation
 
@@ -119,7 +120,7 @@ class Bench:
         settings, store = installation.settings, installation.store
         writes, rows, statements = self.sql.writes, self.sql.rows, self.sql.all
         try:
-            sent = dispatch_due(app, settings, store)
+            sent = dispatch_due(app, settings, store, POLL_TASK)
         finally:
             writes, rows, statements = (
                 self.sql.writes - writes, self.sql.rows - rows, self.sql.all - statements

@@ -1,10 +1,10 @@
 """cloaca-celery: event-driven workflow triggers for Celery.
 
-``import cloaca_celery as cloaca`` gives the cloaca ``@trigger`` API; see
-``docs/`` and DESIGN.md section 1 for the contract of each name.
+``import cloaca_celery as cloaca`` gives the cloaca ``@trigger`` API; the
+pages in ``docs/`` give the contract of each name.
 """
 
-from .context import Context
+from .context import Context, context_hash
 from .durations import parse_duration
 from .errors import (
     CloacaError,
@@ -17,8 +17,9 @@ from .errors import (
 from .installation import install
 from .results import TriggerResult
 from .runner import DefaultRunner
+from .steps import task
 from .triggers import trigger
-from .workflows import Workflow, WorkflowBuilder, register_workflow, task
+from .workflows import Workflow, WorkflowBuilder, register_workflow
 
 __all__ = [
     "CloacaError",
@@ -32,6 +33,7 @@ __all__ = [
     "Workflow",
     "WorkflowBuilder",
     "WorkflowDefinitionError",
+    "context_hash",
     "install",
     "parse_duration",
     "register_workflow",

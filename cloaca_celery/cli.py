@@ -28,12 +28,11 @@ from celery import Celery
 from celery.bin.base import CeleryCommand, CeleryOption, handle_preload_options
 from celery.exceptions import CeleryCommandException
 
-from .dispatch import DISPATCH_TASK, POLL_TASK
+from .builtin_tasks import DISPATCH_TASK, POLL_TASK, SWEEP_TASK
 from .durations import format_duration, parse_duration
 from .errors import CloacaError, ConfigurationError, UnknownTriggerError
 from .health import UNHEALTHY_AFTER_ERRORS, assess_schedule
-from .installation import SWEEP_TASK, Installation, get_installation
-from .polling import evaluate, spec_of
+from .installation import Installation, get_installation
 from .store import STATUSES, Store
 from .terminal import clip, printable, table
 from .triggers import HOW_TRIGGERS_ARE_FOUND, triggers
@@ -124,7 +123,7 @@ def _store(installation: Installation) -> Store:
     """The store, with rows for the triggers this process defines (never pruning others)."""
     store = installation.store
     if id(installation) not in _synced:
-        store.sync_triggers([spec_of(d) for d in triggers], time.time(), prune=False)
+        store.sync_triggers([d.spec() for d in triggers], time.time(), prune=False)
         _synced.add(id(installation))
     return store
 
@@ -323,7 +322,7 @@ def poll(ctx: click.Context, name: str, fire: bool, timeout: float, as_json: boo
         state = dict(_store_call(inst, "poll", lambda s: s.get_schedule(name))["state"])
     started = time.monotonic()
     try:
-        outcome = evaluate(definition, state)
+        outcome = definition.evaluate(state)
     except Exception as exc:  # noqa: BLE001 - the trigger's own error, in one line
         if as_json:
             _echo_json(ctx, {"trigger_name": name, "result": "error", "context": None,

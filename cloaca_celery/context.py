@@ -195,3 +195,28 @@ class Context(MutableMapping[str, JSONValue]):
                 f"context key {key!r} is a {type(key).__name__}; context keys must be strings"
             )
         return key
+
+
+def merge_contexts(value: Any, where: str) -> dict[str, Any]:
+    """Turn a step's input into one context dict.
+
+    A dict or ``Context`` is taken as it is; a list (the results of parallel
+    branches) is merged in order, later branches winning on equal keys;
+    ``None`` is an empty context.
+    """
+    if value is None:
+        return {}
+    if isinstance(value, Context):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        checked: dict[str, Any] = check_json_value(value, f"{where}: context")
+        return checked
+    if isinstance(value, (list, tuple)):
+        merged: dict[str, Any] = {}
+        for item in value:
+            merged.update(merge_contexts(item, where))
+        return merged
+    raise TypeError(
+        f"{where}: expected a context (dict), got {type(value).__name__}; a cloaca "
+        "@task receives the context returned by the step before it"
+    )

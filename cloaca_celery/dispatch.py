@@ -1,10 +1,11 @@
-"""The dispatcher: one beat entry that turns due schedule rows into ``cloaca.poll`` messages.
+"""The dispatcher: one beat entry that turns due schedule rows into poll messages.
 
 Beat cannot hold one entry per trigger at scale (each message costs O(entries)
 in the default scheduler), so beat sends a single ``cloaca.dispatch`` task on
 a short tick. It claims the due triggers in one indexed query and publishes
-their polls on one producer connection, each expiring half an interval after
-it was sent, so an outage or a backlog leaves no burst of stale polls behind.
+their polls on one producer connection, each carrying its
+:class:`~cloaca_celery.slots.Slot` and expiring when the slot's ``start_by``
+has passed, so an outage or a backlog leaves no burst of stale polls behind.
 """
 
 from __future__ import annotations
@@ -19,18 +20,16 @@ from typing import Any
 from celery import Celery, current_app
 from celery.schedules import schedstate, schedule
 
-from .logs import log_throttled
+from .logs import log_throttled, one_line
 from .settings import Settings
+from .slots import Slot
 from .store import Store
 from .triggers import triggers
 
 logger = logging.getLogger("cloaca_celery.dispatch")
 
-POLL_TASK = "cloaca.poll"
-DISPATCH_TASK = "cloaca.dispatch"
 MIN_TICK = 0.05
 MAX_TICK = 1.0
-SLACK = 0.05  # how long before the next claim a running poll's lease is written (at most interval / 10)
 BEAT_DRIFT = 0.010  # what celery.beat.Scheduler.adjust takes off every sleep
 
 
@@ -46,26 +45,6 @@ def auto_dispatch_interval() -> float:
     if shortest is None:
         return MAX_TICK
     return min(MAX_TICK, max(MIN_TICK, shortest / 20))
-
-
-def hold_by(next_due: float, interval: float) -> float:
-    """The latest a scheduled poll may run without a lease in the store.
-
-    The next slot is claimed from ``next_due`` on, and that claim must see the
-    lease of a poll still running: the watchdog takes it a little before.
-    """
-    return next_due - min(SLACK, interval / 10)
-
-
-def start_by(due: float, next_due: float, interval: float, sent: float) -> float:
-    """The latest a scheduled poll may start: half an interval after it was sent.
-
-    It is sent up to one dispatch tick after its slot (``due``); that wait is
-    the dispatcher's, not a backlog, so the half interval counts from the
-    send. It never reaches ``hold_by``: a poll that starts in time never meets
-    the next slot's.
-    """
-    return min(hold_by(next_due, interval), max(due, sent) + interval / 2)
 
 
 class DispatchSchedule(schedule):
@@ -120,8 +99,9 @@ def _restored_tick(seconds: float) -> DispatchSchedule:
     return DispatchSchedule(_resolvers.get(app, lambda: seconds))
 
 
-def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | None = None) -> int:
-    """Claim the due triggers and publish one ``cloaca.poll`` for each; return the count.
+def dispatch_due(app: Celery, settings: Settings, store: Store, poll_task: str,
+                 now: float | None = None) -> int:
+    """Claim the due triggers and publish one ``poll_task`` for each; return the count.
 
     Polls are sent when due, never ahead with an ``eta``: a worker holding
     many ``eta`` tasks starts at most ten of them per turn of its event loop
@@ -134,8 +114,7 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
         due = store.claim_due(now, settings.dispatch_batch_size)
     except Exception as exc:  # noqa: BLE001 - every tick would fail alike: one line every 10 s
         log_throttled(logger, "dispatch-store", logging.WARNING,
-                      "dispatch: the store is unreachable (%s: %s); no polls until it answers",
-                      type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+                      "dispatch: the store is unreachable (%s); no polls until it answers", one_line(exc))
         return 0
     if not due:
         return 0
@@ -151,16 +130,10 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, now: float | Non
         with app.producer_or_acquire() as producer:
             for item in due:
                 sending = time.time()
-                deadline = start_by(item.due, item.next_due, item.poll_interval, sending)
+                slot = Slot.claimed(item.due, item.next_due, item.poll_interval, sending, item.errors)
                 app.send_task(
-                    POLL_TASK, args=(item.trigger_name,),
-                    kwargs={
-                        "scheduled": True, "due": item.due, "next_due": item.next_due,
-                        "hold_by": hold_by(item.next_due, item.poll_interval),
-                        "start_by": deadline, "errors": item.errors,
-                    },
-                    producer=producer, expires=max(deadline - sending, 0.05),
-                    **options,
+                    poll_task, args=(item.trigger_name,), kwargs={"slot": slot.as_message()},
+                    producer=producer, expires=max(slot.start_by - sending, 0.05), **options,
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval

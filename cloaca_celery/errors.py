@@ -1,7 +1,7 @@
 """The exceptions cloaca-celery raises.
 
 Every message names the trigger, workflow or setting at fault and says what to
-do about it. Built-in types are used where the contract of DESIGN.md asks for
+do about it. Built-in types are used where the documented contract asks for
 them (``ValueError`` at decoration, ``TypeError`` for non-JSON values,
 ``KeyError`` for unknown names); the classes here subclass them so that both
 ``except ValueError`` and ``except CloacaError`` work.
@@ -38,7 +38,3 @@ class UnknownTriggerError(CloacaError, KeyError):
 
 class ContextError(CloacaError, TypeError):
     """A context value that JSON cannot hold, or a context that is too large."""
-
-
-class StoreError(CloacaError):
-    """The store could not be reached or refused an operation."""

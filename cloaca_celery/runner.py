@@ -18,14 +18,13 @@ from typing import Any
 from celery import Celery
 from celery.canvas import Signature
 
-from .context import Context, check_json_value
+from .context import Context, check_json_value, merge_contexts
 from .durations import Duration, parse_duration
 from .errors import UnknownTriggerError
-from .polling import spec_of
 from .sqlstore import SqlStore
 from .store import Store
 from .triggers import triggers
-from .workflows import merge_contexts, workflows
+from .workflows import workflows
 
 
 class DefaultRunner:
@@ -48,7 +47,7 @@ class DefaultRunner:
         self.app = app
         self.store.ensure_schema()
         if len(triggers):
-            self.store.sync_triggers([spec_of(d) for d in triggers], time.time(), prune=False)
+            self.store.sync_triggers([d.spec() for d in triggers], time.time(), prune=False)
 
     # -- triggers ----------------------------------------------------------
 

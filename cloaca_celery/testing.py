@@ -3,19 +3,39 @@
 ``poll_once`` evaluates a trigger once exactly as ``cloaca.poll`` would judge
 its result (a wrong return type raises ``TypeError``), without any store or
 broker. ``run_workflow`` runs a registered workflow eagerly and returns the
-final context; a failing step raises its exception.
+final context; a failing step raises its exception. ``isolated_registries``
+forgets the triggers, workflows and steps declared inside it.
+
+It is also a pytest plugin (``pytest_plugins = ["cloaca_celery.testing"]``),
+as ``celery.contrib.pytest`` is: its fixture ``cloaca_registries`` gives a
+test registries of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from .context import Context
-from .polling import evaluate
+from .context import Context, merge_contexts
 from .results import TriggerResult
+from .steps import tasks
 from .triggers import TriggerDefinition, triggers
-from .workflows import merge_contexts, workflows
+from .workflows import workflows
+
+
+@contextmanager
+def isolated_registries() -> Iterator[None]:
+    """Triggers, workflows and ``@task`` steps declared inside are forgotten when it ends.
+
+    Those declared before it stay declared, inside and after.
+    """
+    saved = [(registry, registry.snapshot()) for registry in (triggers, workflows, tasks)]
+    try:
+        yield
+    finally:
+        for registry, snapshot in saved:
+            registry.restore(snapshot)
 
 
 def _definition(trigger: str | Callable[..., Any]) -> TriggerDefinition:
@@ -34,7 +54,7 @@ def poll_once(trigger: str | Callable[..., Any], state: dict[str, Any] | None = 
     in place, as the store would save it.
     """
     definition = _definition(trigger)
-    return evaluate(definition, state if state is not None else {})
+    return definition.evaluate(state if state is not None else {})
 
 
 def run_workflow(name: str, context: Context | Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -48,3 +68,16 @@ def run_workflow(name: str, context: Context | Mapping[str, Any] | None = None) 
     if isinstance(result, (list, dict)):
         return merge_contexts(result, f"workflow {name!r}")
     return {"result": result}
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the helpers work without pytest
+    pass
+else:
+
+    @pytest.fixture
+    def cloaca_registries() -> Iterator[None]:
+        """The test's triggers, workflows and steps are forgotten after it (see ``isolated_registries``)."""
+        with isolated_registries():
+            yield

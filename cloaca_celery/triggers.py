@@ -8,14 +8,16 @@ unchanged, so it stays callable (and testable) as plain Python.
 from __future__ import annotations
 
 import inspect
-import threading
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .durations import Duration, parse_duration
 from .errors import ConfigurationError, UnknownTriggerError
+from .registries import Registry
+from .results import TriggerResult
+from .store import TriggerSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,19 +48,37 @@ class TriggerDefinition:
         fn = self.function
         return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
+    def spec(self) -> TriggerSpec:
+        """What the store keeps of this trigger."""
+        return TriggerSpec(name=self.name, workflow=self.workflow, poll_interval=self.poll_interval,
+                           allow_concurrent=self.allow_concurrent)
 
-class TriggerRegistry:
+    def evaluate(self, state: dict[str, Any] | None = None) -> TriggerResult:
+        """Call the function once (with ``state`` if it takes it) and check what it returned.
+
+        A ``TriggerResult`` or a bool is accepted; anything else raises
+        ``TypeError`` naming the trigger (the trigger's error, recorded like
+        an exception it raised).
+        """
+        raw = self.function(state if state is not None else {}) if self.takes_state else self.function()
+        if isinstance(raw, TriggerResult):
+            return raw
+        if raw is True:
+            return TriggerResult.fire()
+        if raw is False:
+            return TriggerResult.skip()
+        raise TypeError(
+            f"trigger {self.name!r} returned {type(raw).__name__}; it must return "
+            "TriggerResult.fire(...), TriggerResult.skip(), True or False"
+        )
+
+
+class TriggerRegistry(Registry[TriggerDefinition]):
     """The triggers defined in this process, by name (thread-safe)."""
 
     def __init__(self) -> None:
-        self._items: dict[str, TriggerDefinition] = {}
-        self._lock = threading.Lock()
-        self._shortest: tuple[tuple[int, int], float | None] = ((-1, -1), None)
-        self._version = 0
-
-    def changed(self) -> None:
-        """Forget what was worked out from the registry (after ``_items`` changed directly)."""
-        self._version += 1
+        super().__init__()
+        self._shortest: tuple[int, float | None] = (-1, None)
 
     def shortest_interval(self) -> float | None:
         """The shortest poll interval, or ``None`` without triggers.
@@ -66,60 +86,34 @@ class TriggerRegistry:
         Beat asks for it on every tick (it sets the dispatcher's period), so
         it is worked out once per change of the registry, not per tick.
         """
-        key = (self._version, len(self._items))
-        cached_key, value = self._shortest
-        if cached_key != key:
-            value = min((d.poll_interval for d in list(self._items.values())), default=None)
-            self._shortest = (key, value)
+        version, value = self._shortest
+        if version != self.version:
+            value = min((d.poll_interval for d in self.items()), default=None)
+            self._shortest = (self.version, value)
         return value
 
     def add(self, definition: TriggerDefinition) -> None:
         with self._lock:
-            existing = self._items.get(definition.name)
+            existing = self._find(definition.name)
             if existing is not None and existing.origin != definition.origin:
                 raise ConfigurationError(
                     f"trigger {definition.name!r} is already defined by {existing.origin}; "
                     f"{definition.origin} cannot use the same name. Pass a distinct "
                     "name=... to @trigger"
                 )
-            self._items[definition.name] = definition
-            self._version += 1
+            self._put(definition.name, definition)
 
     def get(self, name: str) -> TriggerDefinition:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UnknownTriggerError(
-                f"unknown trigger {name!r}; known triggers: {self.describe_names()}"
-            ) from None
-
-    def remove(self, name: str) -> None:
-        with self._lock:
-            self._items.pop(name, None)
-            self._version += 1
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._version += 1
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
+        found = self._find(name)
+        if found is None:
+            raise UnknownTriggerError(f"unknown trigger {name!r}; known triggers: {self.describe_names()}")
+        return found
 
     def describe_names(self) -> str:
         names = self.names()
         if not names:
             return f"none. {HOW_TRIGGERS_ARE_FOUND}"
         return ", ".join(repr(n) for n in names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[TriggerDefinition]:
-        return iter(sorted(self._items.values(), key=lambda d: d.name))
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 triggers = TriggerRegistry()

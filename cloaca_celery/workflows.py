@@ -1,6 +1,8 @@
-"""Workflows: cloaca-style ``@task`` steps, ``WorkflowBuilder`` and ``register_workflow``.
+"""Workflows: ``WorkflowBuilder``, ``register_workflow`` and the registry of workflows.
 
-A workflow is turned into a Celery canvas when a trigger fires. Steps of a
+A workflow is turned into a Celery canvas when a trigger fires. Its steps
+are ``@task`` steps (:mod:`cloaca_celery.steps`) or, for ``register_workflow``,
+any Celery signature. Steps of a
 ``WorkflowBuilder`` workflow form a DAG; it is laid out level by level (every
 step whose dependencies are done runs in one ``group``), so a step always
 starts after all its dependencies and parallel branches join by merging their
@@ -9,248 +11,17 @@ contexts in the order the steps were added.
 
 from __future__ import annotations
 
-import inspect
-import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from celery import Celery, current_task, shared_task
+from celery import Celery
 from celery.canvas import Signature, _chain, chain, chord, group
-from celery.exceptions import Ignore
 
-from .background import task_ends
-from .context import Context, check_json_value
 from .errors import ConfigurationError, UnknownWorkflowError, WorkflowDefinitionError
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-logger = logging.getLogger("cloaca_celery.workflows")
-
-
-# -- @task ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A ``@task`` step: its cloaca id, Celery task name and dependencies."""
-
-    id: str
-    celery_name: str
-    dependencies: tuple[str, ...]
-    function: Callable[..., Any]
-
-    @property
-    def origin(self) -> str:
-        fn = self.function
-        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-class TaskRegistry:
-    """The ``@task`` steps defined in this process, by id."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, TaskSpec] = {}
-        self._by_object: dict[int, TaskSpec] = {}
-        self._objects: list[object] = []
-        self._lock = threading.Lock()
-
-    def add(self, spec: TaskSpec, *objects: object) -> None:
-        with self._lock:
-            existing = self._by_id.get(spec.id)
-            if existing is not None and existing.origin != spec.origin:
-                raise ConfigurationError(
-                    f"task id {spec.id!r} is already used by {existing.origin}; "
-                    f"give {spec.origin} another id with @task(id=...)"
-                )
-            self._by_id[spec.id] = spec
-            for obj in objects:
-                self._by_object[id(obj)] = spec
-                self._objects.append(obj)
-
-    def resolve(self, ref: object) -> TaskSpec | None:
-        """The spec for a task id or a ``@task``-decorated object, if known.
-
-        ``type()`` rather than ``isinstance()``: a ``@task`` object is a Celery
-        proxy, and ``isinstance`` would evaluate it against the current app.
-        """
-        if type(ref) is str:
-            return self._by_id.get(ref)
-        return self._by_object.get(id(ref))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._by_id.clear()
-            self._by_object.clear()
-            self._objects.clear()
-
-
-tasks = TaskRegistry()
-
-
-def merge_contexts(value: Any, where: str) -> dict[str, Any]:
-    """Turn a step's input into one context dict.
-
-    A dict or ``Context`` is taken as it is; a list (the results of parallel
-    branches) is merged in order, later branches winning on equal keys;
-    ``None`` is an empty context.
-    """
-    if value is None:
-        return {}
-    if isinstance(value, Context):
-        return value.to_dict()
-    if isinstance(value, Mapping):
-        checked: dict[str, Any] = check_json_value(value, f"{where}: context")
-        return checked
-    if isinstance(value, (list, tuple)):
-        merged: dict[str, Any] = {}
-        for item in value:
-            merged.update(merge_contexts(item, where))
-        return merged
-    raise TypeError(
-        f"{where}: expected a context (dict), got {type(value).__name__}; a cloaca "
-        "@task receives the context returned by the step before it"
-    )
-
-
-def _step_output(result: Any, context: Context, task_id: str) -> dict[str, Any]:
-    if result is None:
-        return context.to_dict()
-    if isinstance(result, Context):
-        return result.to_dict()
-    if isinstance(result, Mapping):
-        checked: dict[str, Any] = check_json_value(result, f"task {task_id!r}: returned context")
-        return checked
-    raise TypeError(
-        f"task {task_id!r} returned {type(result).__name__}; a cloaca @task must "
-        "return a Context, a dict or None (context unchanged)"
-    )
-
-
-def task(
-    id: str | None = None,  # noqa: A002 - the cloaca API calls it id
-    dependencies: Iterable[object] = (),
-    **celery_options: Any,
-) -> Callable[[F], Any]:
-    """Declare a workflow step ``def step(context): ...``.
-
-    The function receives a :class:`Context` and returns a ``Context``, a
-    dict, or ``None`` (context unchanged). It becomes a real Celery task
-    (a ``shared_task``, so every app has it); ``celery_options`` are passed
-    to Celery (``name``, ``queue``, ``max_retries``, ``rate_limit``...).
-    ``track_started`` defaults to True so the claim registry can tell a
-    running step from a lost one; the STARTED state is written beside the
-    step, on a background thread, not before it (and never after its end).
-    ``dependencies`` are task ids or other ``@task`` steps.
-    """
-    if callable(id) and not isinstance(id, str):
-        raise ConfigurationError("@task needs parentheses: write @task() or @task(id='...')")
-    deps_given = [dependencies] if type(dependencies) is str else list(dependencies)
-
-    def decorate(fn: F) -> Any:
-        if not callable(fn):
-            raise ConfigurationError(f"@task must decorate a function, not {fn!r}")
-        task_id = id if id is not None else getattr(fn, "__name__", None)
-        if not isinstance(task_id, str) or not task_id:
-            raise ConfigurationError(f"@task on {fn!r}: id must be a non-empty string")
-        _check_step_signature(fn, task_id)
-        dep_ids: list[str] = []
-        for dep in deps_given:
-            if type(dep) is str:
-                dep_ids.append(dep)
-                continue
-            spec = tasks.resolve(dep)
-            if spec is None:
-                raise ConfigurationError(
-                    f"task {task_id!r}: dependency {dep!r} is neither a task id nor a @task step"
-                )
-            dep_ids.append(spec.id)
-        celery_name = celery_options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
-        if celery_options.get("serializer") not in (None, "json"):
-            raise ConfigurationError(
-                f"task {task_id!r}: serializer={celery_options['serializer']!r} is refused; "
-                "cloaca workflows only use JSON"
-            )
-
-        def run(context: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
-            try:
-                ctx = Context(merge_contexts(context, f"task {task_id!r}"))
-                if _execution_has_ended(ctx, task_id):
-                    raise Ignore()
-                return _step_output(fn(ctx), ctx, task_id)
-            finally:
-                # Before Celery stores the outcome: a STARTED not yet written never follows it.
-                request_id = getattr(getattr(current_task, "request", None), "id", None)
-                if request_id:
-                    task_ends(request_id)
-
-        run.__name__ = getattr(fn, "__name__", task_id)
-        run.__qualname__ = getattr(fn, "__qualname__", task_id)
-        run.__module__ = getattr(fn, "__module__", __name__)
-        run.__doc__ = fn.__doc__
-        # STARTED is written by cloaca beside the step (see installation), not by Celery before it.
-        options = {**celery_options, "track_started": False,
-                   "cloaca_track_started": bool(celery_options.get("track_started", True))}
-        celery_task = shared_task(name=celery_name, **options)(run)
-        spec = TaskSpec(task_id, celery_name, tuple(dep_ids), fn)
-        tasks.add(spec, celery_task, fn)
-        return celery_task
-
-    return decorate
-
-
-def _execution_has_ended(context: Context, task_id: str) -> bool:
-    """Whether this step belongs to a fired execution that has already ended.
-
-    A step message can outlive its execution: a worker dies with it prefetched,
-    the sweep ends the execution as ``lost`` (freeing its claim), and the broker
-    redelivers the message later. Running it then would run the same work twice
-    at once, so such a step is skipped (``Ignore``). Outside a fired workflow,
-    or if the store cannot say, the step runs.
-    """
-    execution_id = context.get("execution_id")
-    if not isinstance(execution_id, str) or "trigger_name" not in context:
-        return False
-    from .installation import installed_on
-    from .store import FINAL_STATUSES
-
-    # Only a message the broker delivers again can outlive its execution; a first
-    # delivery (Redis, RabbitMQ and kombu's virtual transports say which) needs no look.
-    delivery = getattr(getattr(current_task, "request", None), "delivery_info", None) or {}
-    if delivery.get("redelivered", True) is False:
-        return False
-    app = getattr(current_task, "app", None)
-    installation = installed_on(app) if app is not None else None
-    if installation is None:
-        return False
-    try:
-        status = installation.store.get_execution(execution_id)["status"]
-    except Exception:  # noqa: BLE001 - unknown (pruned, store down): let the step run
-        return False
-    if status in FINAL_STATUSES:
-        logger.warning(
-            "%s: step %r of execution %s not run: the execution already ended (%s)",
-            context.get("trigger_name"), task_id, execution_id, status,
-        )
-        return True
-    return False
-
-
-def _check_step_signature(fn: Callable[..., Any], task_id: str) -> None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    try:
-        sig.bind(None)
-    except TypeError:
-        raise ConfigurationError(
-            f"task {task_id!r}: a cloaca @task takes one argument, the context: "
-            f"def {getattr(fn, '__name__', task_id)}(context): ..."
-        ) from None
-
+from .registries import Registry
+from .steps import TaskSpec, tasks
 
 # -- workflow definitions ---------------------------------------------------
 
@@ -347,52 +118,31 @@ class FactoryWorkflow:
         return built
 
 
-class WorkflowRegistry:
+class WorkflowRegistry(Registry[WorkflowDefinition]):
     """The workflows registered in this process, by name."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, WorkflowDefinition] = {}
-        self._lock = threading.Lock()
 
     def add(self, definition: WorkflowDefinition) -> None:
         with self._lock:
-            existing = self._items.get(definition.name)
+            existing = self._find(definition.name)
             if existing is not None and existing is not definition and not _same(existing, definition):
                 raise ConfigurationError(
                     f"workflow {definition.name!r} is already registered; "
                     "each workflow needs a unique name"
                 )
-            self._items[definition.name] = definition
+            self._put(definition.name, definition)
 
     def get(self, name: str) -> WorkflowDefinition:
-        try:
-            return self._items[name]
-        except KeyError:
+        found = self._find(name)
+        if found is None:
             raise UnknownWorkflowError(
                 f"unknown workflow {name!r}; registered workflows: {self.describe_names()}. "
                 "Define it with WorkflowBuilder or register_workflow() in a module this process imports"
-            ) from None
+            )
+        return found
 
     def describe_names(self) -> str:
-        names = sorted(self._items)
+        names = self.names()
         return ", ".join(repr(n) for n in names) if names else "none"
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
-
-    def remove(self, name: str) -> None:
-        with self._lock:
-            self._items.pop(name, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 def _same(a: WorkflowDefinition, b: WorkflowDefinition) -> bool:

@@ -20,12 +20,11 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from cloaca_celery.builtin_tasks import POLL_TASK
 from cloaca_celery.durations import format_duration
 
 from .models import TriggerExecution, TriggerSchedule
 from .store import DjangoStore
-
-POLL_TASK = "cloaca.poll"
 
 
 def _celery_app() -> Any:

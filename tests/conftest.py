@@ -10,8 +10,7 @@ import pytest
 from hypothesis import settings
 
 import tests.django_project.celery_app  # noqa: F401 - its triggers exist in every test, as in a project
-from cloaca_celery.triggers import triggers
-from cloaca_celery.workflows import tasks, workflows
+from cloaca_celery.testing import isolated_registries
 
 # Nothing under .hypothesis/: `make test` leaves the working tree as it found it.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "cloaca-hyp"))
@@ -34,17 +33,5 @@ def keep_current_celery_app() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def clean_registries() -> Iterator[None]:
     """Each test starts with the registries it found and leaves them so."""
-    saved_triggers = dict(triggers._items)
-    saved_workflows = dict(workflows._items)
-    saved_tasks = (dict(tasks._by_id), dict(tasks._by_object), list(tasks._objects))
-    yield
-    triggers._items.clear()
-    triggers._items.update(saved_triggers)
-    triggers.changed()
-    workflows._items.clear()
-    workflows._items.update(saved_workflows)
-    tasks._by_id.clear()
-    tasks._by_id.update(saved_tasks[0])
-    tasks._by_object.clear()
-    tasks._by_object.update(saved_tasks[1])
-    tasks._objects[:] = saved_tasks[2]
+    with isolated_registries():
+        yield

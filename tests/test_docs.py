@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from cloaca_celery.polling import evaluate
 from cloaca_celery.triggers import triggers
 from tests.docs_pages import PAGES, REPO, pieces
 
@@ -47,7 +46,7 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         _state._set_current_app(current)  # an example's Celery() must not stay the current app
     for name in sorted(set(triggers.names()) - before):
         definition = triggers.get(name)
-        result = evaluate(definition, {})
+        result = definition.evaluate({})
         assert result.is_fire_result() or result.is_skip_result()
     assert os.getcwd() == str(tmp_path)
 

@@ -8,9 +8,10 @@ import pytest
 from celery import Celery
 
 import cloaca_celery as cloaca
+from cloaca_celery.builtin_tasks import POLL_TASK
 from cloaca_celery.dispatch import dispatch_due
 from cloaca_celery.installation import get_installation
-from cloaca_celery.registry import sweep
+from cloaca_celery.sweep import sweep
 
 UNREACHABLE = "postgresql://cloaca@127.0.0.1:9/nowhere?connect_timeout=2"
 
@@ -36,10 +37,14 @@ def app() -> Celery:
 
 def test_a_poll_reports_the_store_in_one_line(app: Celery, caplog: pytest.LogCaptureFixture) -> None:
     installation = get_installation(app)
+    from cloaca_celery.builtin_tasks import COMPLETE_TASK, FAILED_TASK
+    from cloaca_celery.firing import Firer
     from cloaca_celery.polling import Poller
     from cloaca_celery.sqlstore import SqlStore
 
-    poller = Poller(app, installation.settings, SqlStore(UNREACHABLE))
+    store = SqlStore(UNREACHABLE)
+    poller = Poller(installation.settings, store,
+                    Firer(app, installation.settings, store, COMPLETE_TASK, FAILED_TASK))
     with caplog.at_level(logging.WARNING):
         report = poller.poll("failures_trigger")
     assert report.status == "not_polled" and report.detail == "store unreachable"
@@ -57,8 +62,8 @@ def test_dispatch_and_sweep_log_once_per_interval(app: Celery, caplog: pytest.Lo
     store = SqlStore(UNREACHABLE)
     settings = get_installation(app).settings
     with caplog.at_level(logging.WARNING):
-        assert dispatch_due(app, settings, store) == 0
-        assert dispatch_due(app, settings, store) == 0
+        assert dispatch_due(app, settings, store, POLL_TASK) == 0
+        assert dispatch_due(app, settings, store, POLL_TASK) == 0
         assert sweep(app, settings, store) == 0
         assert sweep(app, settings, store) == 0
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("cloaca_celery")]

@@ -28,6 +28,7 @@ from celery import Celery, signals
 import cloaca_celery as cloaca
 from benchmarks.counting import Tally, count_sql, is_write
 from benchmarks.measure import trigger_name
+from cloaca_celery.builtin_tasks import DISPATCH_TASK, POLL_TASK
 
 REDIS_URL = os.environ["BENCH_REDIS_URL"]
 DATABASE_URL = os.environ["BENCH_DATABASE_URL"]
@@ -35,8 +36,6 @@ MODE = os.environ.get("BENCH_MODE", "skip")
 TRIGGERS = int(os.environ.get("BENCH_TRIGGERS", "0"))
 INTERVAL = float(os.environ.get("BENCH_INTERVAL", "300"))  # seconds
 WORKFLOW = "bench_flow"
-POLL_TASK = "cloaca.poll"
-DISPATCH_TASK = "cloaca.dispatch"
 
 app = Celery("bench_app", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
@@ -99,7 +98,7 @@ def _poll_start(task: Any = None, args: Any = (), kwargs: Any = None, **_: Any) 
     _poll_started[0] = now
     if MODE != "scale":
         return
-    due = (kwargs or {}).get("due")
+    due = ((kwargs or {}).get("slot") or {}).get("due")
     lateness = "-" if due is None else f"{now - float(due):.6f}"
     tally.push("bench:late", f"{now:.6f} {lateness} {args[0] if args else '?'}")
 

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Permission, User
 
-from cloaca_celery.polling import spec_of
 from cloaca_celery.triggers import triggers
 from django_cloaca.store import DjangoStore
 from tests.django_project import triggers as project_triggers
@@ -20,7 +19,7 @@ def store(db: None) -> DjangoStore:
     """The Django store with a schedule row for every trigger of the test project."""
     s = DjangoStore()
     s.ensure_schema()
-    s.sync_triggers([spec_of(d) for d in triggers], time.time(), prune=False)
+    s.sync_triggers([d.spec() for d in triggers], time.time(), prune=False)
     return s
 
 

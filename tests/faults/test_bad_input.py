@@ -44,7 +44,6 @@ from cloaca_celery.errors import (
     WorkflowDefinitionError,
 )
 from cloaca_celery.installation import Installation, get_installation
-from cloaca_celery.polling import spec_of
 from cloaca_celery.sqlstore import SqlStore, claims, executions, schedules
 from cloaca_celery.triggers import triggers
 from cloaca_celery.workflows import workflows
@@ -710,7 +709,7 @@ def test_awkward_names_and_contexts_come_out_of_the_cli_unchanged(
     cloaca.install(app, database_url=awkward_url, embedded=False)
     installation = get_installation(app)
     try:
-        installation.store.sync_triggers([spec_of(triggers.get(CLI_NAME))],
+        installation.store.sync_triggers([triggers.get(CLI_NAME).spec()],
                                          time.time(), prune=False)
         report = installation.poller().poll(CLI_NAME)
         assert report.status == "fired"

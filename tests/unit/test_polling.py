@@ -17,6 +17,7 @@ import cloaca_celery
 from cloaca_celery import Context, TriggerResult, WorkflowBuilder, task, trigger
 from cloaca_celery.context import context_hash
 from cloaca_celery.installation import Installation, get_installation
+from cloaca_celery.slots import Slot
 
 MakeInstallation = Callable[..., Installation]
 
@@ -387,9 +388,10 @@ def only_writes(statements: list[str]) -> list[str]:
     return [s for s in statements if s.split(None, 1)[0].upper() in ("INSERT", "UPDATE", "DELETE")]
 
 
-def slot_of(installation: Installation, name: str, now: float) -> Any:
-    [slot] = [d for d in installation.store.claim_due(now, 100) if d.trigger_name == name]
-    return slot
+def slot_of(installation: Installation, name: str, now: float) -> Slot:
+    """The slot the dispatcher claims for ``name`` at ``now`` and sends at once."""
+    [due] = [d for d in installation.store.claim_due(now, 100) if d.trigger_name == name]
+    return Slot.claimed(due.due, due.next_due, due.poll_interval, now, due.errors)
 
 
 def test_an_on_time_scheduled_skip_writes_nothing(installation: Installation, statements: list[str]) -> None:
@@ -402,7 +404,7 @@ def test_an_on_time_scheduled_skip_writes_nothing(installation: Installation, st
     statements.clear()
 
     for _ in range(3):
-        report = installation.poller().poll("idle", scheduled=True, next_due=slot.next_due)
+        report = installation.poller().poll("idle", slot)
         assert report.status == "skipped"
     assert only_writes(statements) == []
 
@@ -420,9 +422,10 @@ def test_a_scheduled_fire_and_an_error_are_written(installation: Installation, r
 
     installation.store.sync_triggers([spec_of_name("flaky")], time.time())
     slot = slot_of(installation, "flaky", time.time())
-    assert installation.poller().poll("flaky", scheduled=True, next_due=slot.next_due).status == "error"
+    assert installation.poller().poll("flaky", slot).status == "error"
     assert installation.store.get_schedule("flaky")["consecutive_errors"] == 1
-    assert installation.poller().poll("flaky", scheduled=True, next_due=slot.next_due).status == "fired"
+    following = slot_of(installation, "flaky", slot.next_due)  # it carries the error count
+    assert installation.poller().poll("flaky", following, now=slot.next_due).status == "fired"
     row = installation.store.get_schedule("flaky")
     assert row["consecutive_errors"] == 0 and row["last_fire_at"] is not None
     assert [c["n"] for c in received] == [1]
@@ -444,22 +447,21 @@ def test_a_scheduled_poll_more_than_half_an_interval_late_is_dropped_unrun(
     slot = slot_of(installation, "late", t0)
     statements.clear()
     started = slot.next_due - 4.0  # 6 s into a 10 s slot
-    report = installation.poller().poll("late", now=started, scheduled=True, next_due=slot.next_due)
+    report = installation.poller().poll("late", slot, now=started)
     assert (report.status, report.detail, calls, statements) == ("not_polled", "late", [], [])
     [again] = installation.store.claim_due(slot.next_due, 100)  # the next slot comes as usual
     assert again.trigger_name == "late"
 
 
-def test_the_half_interval_counts_from_the_send_and_never_reaches_hold_by(
+def test_the_half_interval_counts_from_the_send_and_never_reaches_lease_by(
     installation: Installation, statements: list[str]
 ) -> None:
-    from cloaca_celery.dispatch import hold_by, start_by
-
     # Sent 45 ms into a 100 ms slot (waiting for a 50 ms dispatch tick): it may start
-    # until 90 ms (hold_by), not only until 50 ms.
-    assert start_by(10.0, 10.1, 0.1, 10.045) == hold_by(10.1, 0.1) == 10.09
-    assert start_by(10.0, 11.0, 1.0, 10.02) == 10.52
-    assert start_by(10.0, 11.0, 1.0, 9.99) == 10.5  # sent early (clock skew): the slot counts
+    # until 90 ms (lease_by), not only until 50 ms.
+    tight = Slot.claimed(10.0, 10.1, 0.1, 10.045)
+    assert tight.start_by == tight.lease_by == 10.09
+    assert Slot.claimed(10.0, 11.0, 1.0, 10.02).start_by == 10.52
+    assert Slot.claimed(10.0, 11.0, 1.0, 9.99).start_by == 10.5  # sent early (clock skew): the slot counts
     calls: list[int] = []
 
     @trigger(workflow="recorded", poll_interval="10s")
@@ -470,14 +472,13 @@ def test_the_half_interval_counts_from_the_send_and_never_reaches_hold_by(
     t0 = time.time()
     installation.store.sync_triggers([spec_of_name("tardy")], t0)
     slot = slot_of(installation, "tardy", t0)
-    deadline = start_by(slot.due, slot.next_due, 10.0, slot.due + 2.0)  # sent 2 s after its slot
+    sent = Slot.claimed(slot.due, slot.next_due, 10.0, slot.due + 2.0)  # sent 2 s after its slot
+    deadline = sent.start_by
     statements.clear()
     poller = installation.poller()
-    on_time = poller.poll("tardy", now=deadline - 0.01, scheduled=True, next_due=slot.next_due,
-                          hold_by=hold_by(slot.next_due, 10.0), errors=slot.errors, start_by=deadline)
+    on_time = poller.poll("tardy", sent, now=deadline - 0.01)
     assert (on_time.status, calls, statements) == ("skipped", [1], [])
-    late = poller.poll("tardy", now=deadline + 0.01, scheduled=True, next_due=slot.next_due,
-                       hold_by=hold_by(slot.next_due, 10.0), errors=slot.errors, start_by=deadline)
+    late = poller.poll("tardy", sent, now=deadline + 0.01)
     assert (late.status, late.detail, calls, statements) == ("not_polled", "late", [1], [])
 
 
@@ -494,17 +495,16 @@ def test_a_poll_running_into_the_next_slot_takes_its_lease_in_time(installation:
 
     store.sync_triggers([spec_of_name("slow")], time.time())
     slot = slot_of(installation, "slow", time.time())
-    assert installation.poller().poll("slow", scheduled=True, next_due=slot.next_due).status == "skipped"
+    assert installation.poller().poll("slow", slot).status == "skipped"
     assert claims == [[]]
     assert store.get_schedule("slow")["consecutive_errors"] == 0
     assert [d.trigger_name for d in store.claim_due(time.time(), 100)] == ["slow"]  # released at its end
 
 
 def spec_of_name(name: str) -> Any:
-    from cloaca_celery.polling import spec_of
     from cloaca_celery.triggers import triggers
 
-    return spec_of(triggers.get(name))
+    return triggers.get(name).spec()
 
 
 def test_a_dispatched_poll_of_a_stateless_trigger_does_not_touch_the_store(
@@ -519,13 +519,12 @@ def test_a_dispatched_poll_of_a_stateless_trigger_does_not_touch_the_store(
         return TriggerResult.skip()
 
     installation.store.sync_triggers([spec_of_name("bare"), spec_of_name("keeps")], time.time())
-    slots = {d.trigger_name: d for d in installation.store.claim_due(time.time(), 100)}
+    now = time.time()
+    slots = {d.trigger_name: Slot.claimed(d.due, d.next_due, d.poll_interval, now, d.errors)
+             for d in installation.store.claim_due(now, 100)}
     statements.clear()
     for name in ("bare", "keeps"):
-        slot = slots[name]
-        report = installation.poller().poll(
-            name, scheduled=True, next_due=slot.next_due, hold_by=slot.next_due - 1, errors=slot.errors
-        )
+        report = installation.poller().poll(name, slots[name])
         assert report.status == "skipped"
     assert len(statements) == 1 and statements[0].upper().startswith("SELECT")  # keeps reads its state
 
@@ -542,7 +541,7 @@ def test_a_dispatched_poll_resets_the_error_count_it_was_sent(installation: Inst
 
     assert isinstance(lease, PollLease)
     store.finish_poll(lease, PollOutcome(error="RuntimeError: down"), time.time())
-    [slot] = store.claim_due(time.time() + 1, 100)
+    slot = slot_of(installation, "healed", time.time() + 1)
     assert slot.errors == 1
-    installation.poller().poll("healed", scheduled=True, next_due=slot.next_due, errors=slot.errors)
+    installation.poller().poll("healed", slot, now=time.time() + 1)
     assert store.get_schedule("healed")["consecutive_errors"] == 0

@@ -1,4 +1,4 @@
-"""The claim registry's sweep: find executions whose end was never reported.
+"""The sweep: find executions whose end was never reported, and end them.
 
 A workflow normally reports its own end: ``cloaca.complete`` on success,
 ``cloaca.failed`` (linked as error callback) on failure, the worker's
@@ -33,7 +33,7 @@ from .logs import log_throttled
 from .settings import Settings
 from .store import Store
 
-logger = logging.getLogger("cloaca_celery.registry")
+logger = logging.getLogger("cloaca_celery.sweep")
 
 SWEEP_BATCH = 200
 

@@ -1,0 +1,325 @@
+"""Workflow steps: the ``@task`` decorator, and the runtime around every step of a fired workflow.
+
+A ``@task`` step is a real Celery task whose class is :class:`WorkflowStep`.
+Around the user's function the class
+
+* records the step's STARTED state beside it, on a background thread,
+  instead of Celery's ``track_started`` write before its first line, and
+  never after its end;
+* does not run a step of an execution that has already ended (a message
+  redelivered after the sweep ended its execution): ``Ignore``, logged once.
+
+Every step of a fired workflow, ``@task`` or a plain Celery task of a
+``register_workflow`` canvas, carries its execution in its first argument
+(the context); for those the signals connected by :func:`connect` mark the
+execution ``running`` when its first step starts and ``revoked`` when a
+step is revoked.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from celery import Celery, Task, shared_task, signals, states
+from celery.exceptions import Ignore
+
+from .background import defer_until_end, deferred, task_ends
+from .binding import runtime_of
+from .context import Context, check_json_value, merge_contexts
+from .errors import ConfigurationError
+from .registries import Registry
+from .store import FINAL_STATUSES
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("cloaca_celery.steps")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A ``@task`` step: its cloaca id, Celery task name and dependencies."""
+
+    id: str
+    celery_name: str
+    dependencies: tuple[str, ...]
+    function: Callable[..., Any]
+
+    @property
+    def origin(self) -> str:
+        fn = self.function
+        return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+class StepRegistry(Registry[TaskSpec]):
+    """The ``@task`` steps defined in this process, by id, and by the objects that stand for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_object: dict[int, TaskSpec] = {}
+        self._objects: list[object] = []  # kept alive, so that their ids stay theirs
+
+    def add(self, spec: TaskSpec, *objects: object) -> None:
+        with self._lock:
+            existing = self._find(spec.id)
+            if existing is not None and existing.origin != spec.origin:
+                raise ConfigurationError(
+                    f"task id {spec.id!r} is already used by {existing.origin}; "
+                    f"give {spec.origin} another id with @task(id=...)"
+                )
+            self._put(spec.id, spec)
+            for obj in objects:
+                self._by_object[id(obj)] = spec
+                self._objects.append(obj)
+
+    def resolve(self, ref: object) -> TaskSpec | None:
+        """The spec for a task id or a ``@task``-decorated object, if known.
+
+        ``type()`` rather than ``isinstance()``: a ``@task`` object is a Celery
+        proxy, and ``isinstance`` would evaluate it against the current app.
+        """
+        if type(ref) is str:
+            return self._find(ref)
+        return self._by_object.get(id(ref))
+
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+            self._by_object.clear()
+            self._objects.clear()
+
+    def snapshot(self) -> Any:
+        with self._lock:
+            return (super().snapshot(), dict(self._by_object), list(self._objects))
+
+    def restore(self, snapshot: Any) -> None:
+        items, by_object, objects = snapshot
+        with self._lock:
+            super().restore(items)
+            self._by_object = dict(by_object)
+            self._objects = list(objects)
+
+
+tasks = StepRegistry()
+"""The process-wide registry of ``@task`` steps."""
+
+
+def execution_of(args: Any) -> str | None:
+    """The execution id carried by a step's first argument (its context), if it belongs to one."""
+    if not args:
+        return None
+    first = args[0]
+    if isinstance(first, dict):
+        value = first.get("execution_id")
+        if isinstance(value, str) and "trigger_name" in first:
+            return value
+    return None
+
+
+class WorkflowStep(Task):  # type: ignore[misc]
+    """The Celery task class of cloaca's ``@task`` steps (see the module docstring)."""
+
+    track_started = False
+    cloaca_track_started = True
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        request = self.request
+        if self.cloaca_track_started and not request.is_eager and task_id:
+            self._record_started(task_id)
+        if self._execution_has_ended(args):
+            raise Ignore()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            # Before Celery stores the outcome: a STARTED not yet written never follows it.
+            if self.request.id:
+                task_ends(self.request.id)
+
+    def _record_started(self, task_id: str) -> None:
+        """Store the STARTED state (what Celery's ``track_started`` stores), beside the step.
+
+        Celery writes it before the task runs, a result-backend round trip on
+        the way to the step's first line; here it is written on the
+        background thread, and not at all if the step has ended first.
+        """
+        request = self.request
+        meta = {"pid": os.getpid(), "hostname": request.hostname or socket.gethostname()}
+        backend = self.backend
+
+        def store() -> None:
+            backend.store_result(task_id, meta, states.STARTED, request=request)
+
+        defer_until_end(task_id, store, f"task {task_id}: its STARTED state")
+
+    def _execution_has_ended(self, args: Any) -> bool:
+        """Whether this step belongs to a fired execution that has already ended.
+
+        A step message can outlive its execution: a worker dies with it
+        prefetched, the sweep ends the execution as ``lost`` (freeing its
+        claim), and the broker redelivers the message later. Running it then
+        would run the same work twice at once. Only a redelivered message can
+        (Redis, RabbitMQ and kombu's virtual transports say which), so a first
+        delivery needs no look. Outside a fired workflow, or if the store
+        cannot say, the step runs.
+        """
+        execution_id = execution_of(args)
+        if execution_id is None:
+            return False
+        delivery = self.request.delivery_info or {}
+        if delivery.get("redelivered", True) is False:
+            return False
+        runtime = runtime_of(self.app)
+        if runtime is None:
+            return False
+        try:
+            status = runtime.store.get_execution(execution_id)["status"]
+        except Exception:  # noqa: BLE001 - unknown (pruned, store down): let the step run
+            return False
+        if status not in FINAL_STATUSES:
+            return False
+        logger.warning(
+            "%s: step %r of execution %s not run: the execution already ended (%s)",
+            args[0].get("trigger_name"), self.name, execution_id, status,
+        )
+        return True
+
+
+def task(
+    id: str | None = None,  # noqa: A002 - the cloaca API calls it id
+    dependencies: Iterable[object] = (),
+    **celery_options: Any,
+) -> Callable[[F], Any]:
+    """Declare a workflow step ``def step(context): ...``.
+
+    The function receives a :class:`Context` and returns a ``Context``, a
+    dict, or ``None`` (context unchanged). It becomes a real Celery task of
+    the class :class:`WorkflowStep` (a ``shared_task``, so every app has it);
+    ``celery_options`` are passed to Celery (``name``, ``queue``,
+    ``max_retries``, ``rate_limit``...). ``track_started`` (default True)
+    records the step's STARTED state in the result backend, written beside
+    the step rather than before it. ``dependencies`` are task ids or other
+    ``@task`` steps.
+    """
+    if callable(id) and not isinstance(id, str):
+        raise ConfigurationError("@task needs parentheses: write @task() or @task(id='...')")
+    deps_given = [dependencies] if type(dependencies) is str else list(dependencies)
+
+    def decorate(fn: F) -> Any:
+        if not callable(fn):
+            raise ConfigurationError(f"@task must decorate a function, not {fn!r}")
+        task_id = id if id is not None else getattr(fn, "__name__", None)
+        if not isinstance(task_id, str) or not task_id:
+            raise ConfigurationError(f"@task on {fn!r}: id must be a non-empty string")
+        _check_step_signature(fn, task_id)
+        dep_ids: list[str] = []
+        for dep in deps_given:
+            if type(dep) is str:
+                dep_ids.append(dep)
+                continue
+            spec = tasks.resolve(dep)
+            if spec is None:
+                raise ConfigurationError(
+                    f"task {task_id!r}: dependency {dep!r} is neither a task id nor a @task step"
+                )
+            dep_ids.append(spec.id)
+        options = dict(celery_options)
+        celery_name = options.pop("name", None) or f"{fn.__module__}.{fn.__qualname__}"
+        if options.get("serializer") not in (None, "json"):
+            raise ConfigurationError(
+                f"task {task_id!r}: serializer={options['serializer']!r} is refused; "
+                "cloaca workflows only use JSON"
+            )
+
+        def run(context: Any = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            ctx = Context(merge_contexts(context, f"task {task_id!r}"))
+            return _step_output(fn(ctx), ctx, task_id)
+
+        run.__name__ = getattr(fn, "__name__", task_id)
+        run.__qualname__ = getattr(fn, "__qualname__", task_id)
+        run.__module__ = getattr(fn, "__module__", __name__)
+        run.__doc__ = fn.__doc__
+        options["cloaca_track_started"] = bool(options.pop("track_started", True))
+        celery_task = shared_task(name=celery_name, base=WorkflowStep, **options)(run)
+        spec = TaskSpec(task_id, celery_name, tuple(dep_ids), fn)
+        tasks.add(spec, celery_task, fn)
+        return celery_task
+
+    return decorate
+
+
+def _step_output(result: Any, context: Context, task_id: str) -> dict[str, Any]:
+    if result is None:
+        return context.to_dict()
+    if isinstance(result, Context):
+        return result.to_dict()
+    if isinstance(result, Mapping):
+        checked: dict[str, Any] = check_json_value(result, f"task {task_id!r}: returned context")
+        return checked
+    raise TypeError(
+        f"task {task_id!r} returned {type(result).__name__}; a cloaca @task must "
+        "return a Context, a dict or None (context unchanged)"
+    )
+
+
+def _check_step_signature(fn: Callable[..., Any], task_id: str) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(None)
+    except TypeError:
+        raise ConfigurationError(
+            f"task {task_id!r}: a cloaca @task takes one argument, the context: "
+            f"def {getattr(fn, '__name__', task_id)}(context): ..."
+        ) from None
+
+
+def connect(app: Celery, skip: frozenset[str]) -> None:
+    """Connect the signals that follow every step of ``app``'s fired workflows.
+
+    ``skip`` names the tasks that carry an execution but are no step of it
+    (cloaca's own ``complete`` and ``failed``).
+    """
+
+    def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+        if getattr(task, "app", None) is not app or getattr(task, "name", None) in skip:
+            return
+        execution_id = execution_of(args)
+        runtime = runtime_of(app)
+        if execution_id is None or runtime is None:
+            return
+        at = datetime.now(timezone.utc)
+        if task.request.is_eager:
+            # Run in the caller's thread (tests, DefaultRunner): no write behind its back.
+            runtime.store.mark_running(execution_id, at)
+            return
+        # Recorded beside the step, not before it: the step does not wait for the store.
+        store = runtime.store
+        deferred.defer(lambda: store.mark_running(execution_id, at),
+                       f"execution {execution_id}: start of its step")
+
+    def on_task_postrun(task_id: str = "", **_: Any) -> None:
+        task_ends(task_id)  # normally done by the step itself; this covers a step that never ran
+
+    def on_task_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
+        execution_id = execution_of(getattr(request, "args", None))
+        runtime = runtime_of(app)
+        if execution_id is None or runtime is None or getattr(sender, "app", app) is not app:
+            return
+        runtime.store.finish_execution(
+            execution_id, "revoked", f"task {getattr(request, 'id', '?')} was revoked",
+            datetime.now(timezone.utc),
+        )
+
+    signals.task_prerun.connect(on_task_prerun, weak=False)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
+    signals.task_revoked.connect(on_task_revoked, weak=False)
