@@ -33,8 +33,11 @@ nox.options.error_on_missing_interpreters = True
 nox.options.reuse_venv = "no"
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+# What the test suite imports besides the project and its redis and django extras (the same floors
+# as the dev extra in pyproject.toml, which also holds the tools no session needs).
 TEST_TOOLS = (
-    "pytest>=8", "pytest-timeout>=2.3", "pytest-django>=4.8", "psycopg[binary]>=3.1", "pymysql>=1.1",
+    "pytest>=8", "pytest-timeout>=2.3", "pytest-django>=4.8", "hypothesis>=6", "psycopg[binary]>=3.1",
+    "pymysql>=1.1",
 )
 SUITES = ("tests/unit", "tests/contract", "tests/smoke")
 DIRECT = ("celery", "kombu", "sqlalchemy", "alembic", "click", "django", "redis")
