@@ -183,7 +183,11 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
     else:
         assert supervisor.restarts == [], "a worker did not survive the broker outage"
     if not supervisor.restarts:
-        assert {proc.pid: pool_children(proc.pid) for proc in (poller, stepper)} == pools
+        replaced = {proc.name: (sorted(pools[proc.pid]), sorted(pool_children(proc.pid)))
+                    for proc in (poller, stepper) if pool_children(proc.pid) != pools[proc.pid]}
+        why = [line for proc in (poller, stepper) for line in proc.log().splitlines()
+               if "exited with" in line or "time limit" in line.lower()]
+        assert not replaced, f"pool processes replaced (before, after): {replaced}; the logs say: {why}"
     statuses = Counter(r["status"] for r in rows)
     print(f"\ncase 2 ({'holding' if holding else 'idle'}, Celery {celery.__version__}): polling resumed "
           f"{resumed_after:.1f}s after the broker returned "
