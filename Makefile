@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test lint demo bench clean screenshots
+.PHONY: test test-matrix lint demo bench clean screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cloaca-celery needs Python 3.10 or newer (set PYTHON=python3.x)")'
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check cloaca_celery django_cloaca tests example_project benchmarks
+	$(BIN)/ruff check cloaca_celery django_cloaca tests example_project benchmarks noxfile.py
 	$(BIN)/mypy cloaca_celery
 
 test: lint
@@ -27,6 +27,12 @@ test: lint
 screenshots: $(STAMP)
 	CLOACA_REFRESH_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/djangoapp/test_browser.py
 
+# The version matrix (noxfile.py): unit, store contract and smoke tests on Python 3.10-3.13 and on
+# the oldest and newest allowed dependencies, each in a fresh uv venv under .nox/. The
+# interpreters come from pyenv. NOX_ARGS="-t ci" runs only the oldest and the newest combination.
+test-matrix: $(STAMP)
+	$(BIN)/nox --error-on-missing-interpreters $(NOX_ARGS)
+
 demo: $(STAMP)
 	$(BIN)/python example_project/run_demo.py
 
@@ -35,4 +41,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --size full
 
 clean:
-	rm -rf $(VENV) .cloaca build *.egg-info
+	rm -rf $(VENV) .nox .cloaca build dist *.egg-info

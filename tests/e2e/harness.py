@@ -26,12 +26,13 @@ APPS = Path(__file__).resolve().parent / "apps"
 class CeleryProcess:
     """One running celery command, its log file and how to stop it."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path,
+                 python: str = sys.executable) -> None:
         self.name = name
         self.log_path = cwd / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "celery", *args],
+            [python, "-m", "celery", *args],
             cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

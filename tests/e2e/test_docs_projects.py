@@ -34,14 +34,17 @@ BUILT_PAGES = ("README.md", "docs/index.md", "docs/django.md")
 class Reader:
     """Runs a page's commands in one folder, the way a reader types them."""
 
-    def __init__(self, folder: Path, page: str, env: dict[str, str], rename: dict[str, str] | None = None):
+    def __init__(self, folder: Path, page: str, env: dict[str, str], rename: dict[str, str] | None = None,
+                 python: str = sys.executable):
+        """``python`` is the interpreter whose ``celery`` the commands run (another venv's, say)."""
         self.folder = folder
+        self.python = python
         self.page = REPO / page
         self.rename = rename or {}
         self.commands = [self._renamed(c) for c in commands(self.page)]
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "E2E_", "DJANGO_"))}
         base["PYTHONUNBUFFERED"] = "1"
-        base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
+        base["PATH"] = os.pathsep.join([str(Path(python).parent), base.get("PATH", "")])
         self.env = {**base, **env}
         self.processes: list[CeleryProcess] = []
 
@@ -63,7 +66,7 @@ class Reader:
         """Start a long-running ``celery ...`` command of the page (stopped by pid after the test)."""
         args = shlex.split(self.command(startswith))
         assert args[0] == "celery", args
-        proc = CeleryProcess(f"{args[2]}-{len(self.processes)}", args[1:], self.env, self.folder)
+        proc = CeleryProcess(f"{args[2]}-{len(self.processes)}", args[1:], self.env, self.folder, self.python)
         self.processes.append(proc)
         return proc
 
@@ -76,7 +79,7 @@ class Reader:
     def history(self, trigger: str) -> list[dict[str, Any]]:
         app = self._renamed("proj")
         done = subprocess.run(
-            [sys.executable, "-m", "celery", "-A", app, "cloaca", "history", trigger, "--json"],
+            [self.python, "-m", "celery", "-A", app, "cloaca", "history", trigger, "--json"],
             cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=120,
         )
         if done.returncode != 0:
@@ -104,12 +107,10 @@ def _succeeded(reader: Reader, trigger: str) -> list[dict[str, Any]]:
     return [r for r in reader.history(trigger) if r["status"] == "succeeded"]
 
 
-@pytest.mark.redis
-def test_readme_quickstart_runs_as_written(tmp_path: Path, redis_url: str, readers: list[Reader]) -> None:
-    isolated = {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
-    reader = Reader(tmp_path, "README.md", isolated)
-    readers.append(reader)
-    assert [p.name for p in write_project(reader.page, tmp_path)] == ["proj.py"]
+def run_the_readme_quickstart(reader: Reader) -> None:
+    """Write the README's ``proj.py``, start its worker and beat, drop an order, see it processed."""
+    folder = reader.folder
+    assert [p.name for p in write_project(reader.page, folder)] == ["proj.py"]
     worker = reader.start("celery -A proj worker")
     beat = reader.start("celery -A proj beat")
     worker.wait_for_log("cloaca: worker ready: 1 trigger(s), 1 workflow(s)", timeout=60)
@@ -118,11 +119,19 @@ def test_readme_quickstart_runs_as_written(tmp_path: Path, redis_url: str, reade
     assert dropped.returncode == 0, dropped.stderr
     done = wait_until(lambda: _succeeded(reader, "order_trigger"), 60, "the order to be processed")
     assert done[0]["context"] == {"order_id": "A-1001"}
-    assert (tmp_path / "orders" / "A-1001.done").exists()
+    assert (folder / "orders" / "A-1001.done").exists()
     shown = reader.run("celery -A proj cloaca history order_trigger")
     assert shown.returncode == 0 and "succeeded" in shown.stdout, shown.stdout + shown.stderr
-    assert "sqlite:///" in worker.log() and str(tmp_path) in worker.log(), "the store's file is named in full"
+    assert "sqlite:///" in worker.log() and str(folder) in worker.log(), "the store's file is named in full"
     assert "Traceback" not in reader.logs(), reader.logs()
+
+
+@pytest.mark.redis
+def test_readme_quickstart_runs_as_written(tmp_path: Path, redis_url: str, readers: list[Reader]) -> None:
+    isolated = {"CELERY_BROKER_URL": redis_url, "CELERY_RESULT_BACKEND": redis_url}
+    reader = Reader(tmp_path, "README.md", isolated)
+    readers.append(reader)
+    run_the_readme_quickstart(reader)
 
 
 def test_first_trigger_of_getting_started_runs_as_written(tmp_path: Path, readers: list[Reader]) -> None:

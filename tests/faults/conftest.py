@@ -3,7 +3,8 @@
 The e2e fixtures are re-exported (``redis_url``: a Redis database of the
 test's own; ``launch``: worker and beat processes stopped after the test).
 Added here: a SQLite store file, a PostgreSQL schema of the test's own, a
-private ``redis-server`` and a TCP proxy in front of PostgreSQL.
+private ``redis-server``, a TCP proxy in front of PostgreSQL and a supervisor
+that restarts workers that exit.
 
 Tests name ``launch`` after the fixtures whose resources the processes use:
 fixtures are torn down in reverse order, so the processes stop before their
@@ -13,7 +14,7 @@ Redis database is flushed and released, or their schema dropped.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ from sqlalchemy import create_engine, text
 
 from cloaca_celery.sqlstore import SqlStore
 from tests.e2e.conftest import launch, redis_client, redis_url
-from tests.faults.helpers import RedisServer, need_redis_server
+from tests.e2e.harness import CeleryProject
+from tests.faults.helpers import RedisServer, Supervisor, need_redis_server
 from tests.faults.proxy import TcpProxy
 from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, need_postgres
 
@@ -83,3 +85,21 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def supervise(launch: Callable[..., CeleryProject]) -> Iterator[Callable[[CeleryProject], Supervisor]]:
+    """``supervise(project)`` gives a Supervisor restarting the project's workers that exit.
+
+    It depends on ``launch``, so the watching ends before the processes are stopped.
+    """
+    supervisors: list[Supervisor] = []
+
+    def make(project: CeleryProject) -> Supervisor:
+        supervisor = Supervisor(project)
+        supervisors.append(supervisor)
+        return supervisor
+
+    yield make
+    for supervisor in supervisors:
+        supervisor.stop()

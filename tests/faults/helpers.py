@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -20,7 +21,7 @@ from sqlalchemy import select
 
 from cloaca_celery.sqlstore import SqlStore, claims
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import REPO, CeleryProject
+from tests.e2e.harness import REPO, CeleryProcess, CeleryProject
 from tests.services import services_required
 
 APPS = Path(__file__).resolve().parent / "apps"
@@ -195,3 +196,58 @@ class RedisServer:
             with contextlib.suppress(ProcessLookupError):
                 popen.kill()
             popen.wait(timeout=10)
+
+
+class Supervisor:
+    """What a process supervisor does for workers (systemd ``Restart=always``): a worker that
+    exits is started again with the same arguments, half a second later.
+
+    ``restarts`` holds one line per exit (the worker's name, exit code and last
+    critical log line), so a test can say which exits it expected. The
+    replacement of worker ``w`` is named ``w-r1``, ``w-r2``...; ``current(w)``
+    is the one running now. ``stop()`` (called by the ``supervise`` fixture
+    before the processes are stopped) ends the watching, never a process.
+    """
+
+    def __init__(self, project: CeleryProject, restart_after: float = 0.5) -> None:
+        self.project = project
+        self.restart_after = restart_after
+        self.restarts: list[str] = []
+        self._specs: dict[str, tuple[tuple[str, ...], int]] = {}
+        self._current: dict[str, CeleryProcess] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="test-supervisor", daemon=True)
+        self._thread.start()
+
+    def worker(self, *extra: str, concurrency: int, name: str) -> CeleryProcess:
+        with self._lock:
+            self._specs[name] = (extra, concurrency)
+            proc = self.project.worker(*extra, concurrency=concurrency, name=name)
+            self._current[name] = proc
+            return proc
+
+    def current(self, name: str) -> CeleryProcess:
+        with self._lock:
+            return self._current[name]
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.1):
+            with self._lock:
+                dead = [(name, proc) for name, proc in self._current.items() if not proc.running()]
+            for name, proc in dead:
+                if self._stopping.wait(self.restart_after):
+                    return
+                critical = [line for line in proc.log().splitlines()
+                            if "Unrecoverable" in line or "CRITICAL" in line]
+                extra, concurrency = self._specs[name]
+                with self._lock:
+                    count = sum(line.startswith(f"{name} ") for line in self.restarts) + 1
+                    self.restarts.append(f"{name} exited with {proc.popen.returncode}: "
+                                         f"{critical[-1] if critical else 'no critical line logged'}")
+                    self._current[name] = self.project.worker(*extra, concurrency=concurrency,
+                                                              name=f"{name}-r{count}")

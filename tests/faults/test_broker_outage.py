@@ -5,9 +5,17 @@ stopped (SIGTERM, nothing saved) and started again empty on the same port;
 the triggers and the step report to another Redis database, which stays up.
 Whatever the outage did to executions in flight (a lost step message, a
 result never stored, a publish refused), every execution row reaches a final
-status, no claim is left behind, polling resumes by itself soon after the
-broker is back, without a burst of the polls missed meanwhile, and no
-process had to be restarted.
+status, no step runs twice, no claim is left behind, polling resumes by
+itself soon after the broker is back, without a burst of the polls missed
+meanwhile.
+
+The workers run under a supervisor that restarts a worker that exits, as
+systemd's ``Restart=always`` would (docs/deploying.md). With Celery releases
+that reconnect, nothing has to be restarted. Celery 5.7.0's worker exits when
+the connection drops while it holds unacknowledged messages
+(``cloaca_celery.compat``): there the variant whose workers hold such
+messages shows both workers exit with exactly that error, and that after the
+restart nothing is lost or run twice either.
 """
 
 from __future__ import annotations
@@ -18,20 +26,23 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import celery
 import pytest
 from celery import Celery
 
+from cloaca_celery.compat import known_upstream_problems
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProcess, CeleryProject, wait_until
 from tests.faults.helpers import (
     STEPS_QUEUE,
     RedisServer,
+    Supervisor,
     claim_rows,
-    exited,
     faults_project,
     history,
     leaked_claims,
+    max_overlap,
     pool_children,
     records,
 )
@@ -41,10 +52,36 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 INTERVAL = 0.5
 OUTAGE = 10.0
 GRACE = 3.0
+# Celery here exits on a broker connection drop while holding unacknowledged messages.
+EXITS_HOLDING_MESSAGES = bool(known_upstream_problems(celery.__version__, "redis"))
+KNOWN_EXIT = "Unrecoverable error: AttributeError(\"'NoneType' object has no attribute 'hostname'\")"
 
 
+def hold_a_message(broker_url: str, queue: str, project: CeleryProject) -> None:
+    """Make the worker of ``queue`` hold one unacknowledged message: a poll of the ``tick``
+    trigger with a countdown, as any task sent with ``countdown``/``eta`` (or retried) is held."""
+    client = Celery("faults-client", broker=broker_url, set_as_current=False)
+    try:
+        held = client.send_task("cloaca.poll", args=("tick",), countdown=120, expires=180, queue=queue)
+
+        def scheduled() -> bool:
+            replies = client.control.inspect(timeout=1.0).scheduled() or {}
+            return any(entry["request"]["id"] == held.id for entries in replies.values() for entry in entries)
+
+        wait_until(scheduled, 15, f"the worker of {queue} to hold a poll until its eta", project)
+    finally:
+        client.close()
+
+
+def down(*procs: CeleryProcess) -> list[str]:
+    return [f"{proc.name} (pid {proc.pid}) exited with {proc.popen.returncode}" for proc in procs
+            if not proc.running()]
+
+
+@pytest.mark.parametrize("holding", [False, True], ids=["idle-workers", "workers-holding-messages"])
 def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_without_a_burst(
-    private_redis: RedisServer, redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    holding: bool, private_redis: RedisServer, redis_url: str, redis_client: Any, sqlite_url: str,
+    sqlite_store: SqlStore, supervise: Callable[[CeleryProject], Supervisor],
     launch: Callable[..., CeleryProject],
 ) -> None:
     triggers = f"serial:repeat:{INTERVAL}s,counter:counter:{INTERVAL}s,tick:tick:{INTERVAL}s"
@@ -52,8 +89,9 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
         launch, broker_url=private_redis.url, note_url=redis_url, database_url=sqlite_url,
         triggers=triggers, claim_grace=f"{GRACE}s", sweep_interval="1s", poll_time_limit="2s",
     )
-    poller = project.worker("-Q", "celery", concurrency=2, name="poller")
-    stepper = project.worker("-Q", STEPS_QUEUE, concurrency=3, name="stepper")
+    supervisor = supervise(project)
+    poller = supervisor.worker("-Q", "celery", concurrency=2, name="poller")
+    stepper = supervisor.worker("-Q", STEPS_QUEUE, concurrency=3, name="stepper")
     beat = project.beat()
     for proc in (poller, stepper):
         proc.wait_for_log("ready", timeout=30)
@@ -69,6 +107,9 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
 
     wait_until(lambda: succeeded("serial") >= 2 and succeeded("counter") >= 3, 40,
                "both triggers firing and their workflows succeeding", project)
+    if holding:
+        for queue in ("celery", STEPS_QUEUE):
+            hold_a_message(private_redis.url, queue, project)
 
     # Stop the broker while a workflow runs (and usually a few more are queued or publishing).
     caught = wait_until(
@@ -85,13 +126,13 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
     def ticks(after: float) -> list[float]:
         return [p["t"] for p in records(redis_client, "polls:tick") if p["t"] > after]
 
-    # A worker that died of the outage would never poll again: say so at once.
-    wait_until(lambda: ticks(returned_at) or exited(project), 30, "polling to resume after the outage",
-               project)
-    assert exited(project) == [], "a process did not survive the broker outage"
+    # A process that died of the outage for good would never poll again: say so at once.
+    wait_until(lambda: ticks(returned_at) or down(beat), 40, "polling to resume after the outage", project)
+    assert down(beat) == [], "beat did not survive the broker outage"
     first_tick = ticks(returned_at)[0]
     resumed_after = first_tick - returned_at
-    assert resumed_after <= 10.0, f"polling resumed {resumed_after:.1f}s after the broker returned"
+    limit = 20.0 if supervisor.restarts else 10.0  # a restarted worker first starts up again
+    assert resumed_after <= limit, f"polling resumed {resumed_after:.1f}s after the broker returned"
     # The non-concurrent trigger fires its same context again: the claims of executions that the
     # outage cut short did not stay behind (a leaked claim would block it for cloaca_claim_ttl, 6 h).
     wait_until(lambda: succeeded("serial", returned_at) >= 2 and succeeded("counter", returned_at) >= 3,
@@ -111,6 +152,16 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
     assert leaked_claims(sqlite_store) == []
     assert claim_rows(sqlite_store) == [], "a claim outlived every execution"
 
+    # Nothing ran twice: no step started twice for one execution, and the non-concurrent
+    # trigger's steps never overlapped. Nothing fired after the recovery was lost.
+    for name in ("serial", "counter"):
+        starts = Counter(s["execution_id"] for s in records(redis_client, f"started:{name}"))
+        assert [e for e, n in starts.items() if n > 1] == [], f"a {name} step started twice"
+    serial_spans = [(s["start"], s["end"]) for s in records(redis_client, "steps:serial")]
+    assert max_overlap(serial_spans) == 1, "two executions of the non-concurrent trigger overlapped"
+    later = [r for r in rows if r["started_at"].timestamp() > first_tick + GRACE]
+    assert later and {r["status"] for r in later} == {"succeeded"}, Counter(r["status"] for r in later)
+
     # No burst: the polls missed during the outage are not made up for afterwards.
     after = ticks(returned_at)
     gaps = [b - a for a, b in itertools.pairwise(after)]
@@ -120,48 +171,62 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
     assert len(window) <= 5.0 / INTERVAL + 2, f"{len(window)} polls in 5 s after the outage: {relative}"
     during = [t for t in ticks(stopped_at + 2 * INTERVAL) if t < returned_at]
 
-    # Nothing had to be restarted.
-    assert poller.running() and stepper.running() and beat.running()
-    assert {proc.pid: pool_children(proc.pid) for proc in (poller, stepper)} == pools
+    # What had to be restarted: nothing, but on a Celery release known to exit while holding
+    # messages; there each worker holding one exited with exactly that error.
+    assert beat.running()
+    if holding and EXITS_HOLDING_MESSAGES:
+        assert sorted(line.split(" ")[0] for line in supervisor.restarts) == ["poller", "stepper"], \
+            supervisor.restarts
+        assert all(KNOWN_EXIT in line for line in supervisor.restarts), supervisor.restarts
+    elif EXITS_HOLDING_MESSAGES:
+        assert all(KNOWN_EXIT in line for line in supervisor.restarts), supervisor.restarts
+    else:
+        assert supervisor.restarts == [], "a worker did not survive the broker outage"
+    if not supervisor.restarts:
+        replaced = {proc.name: (sorted(pools[proc.pid]), sorted(pool_children(proc.pid)))
+                    for proc in (poller, stepper) if pool_children(proc.pid) != pools[proc.pid]}
+        why = [line for proc in (poller, stepper) for line in proc.log().splitlines()
+               if "exited with" in line or "time limit" in line.lower()]
+        assert not replaced, f"pool processes replaced (before, after): {replaced}; the logs say: {why}"
     statuses = Counter(r["status"] for r in rows)
-    print(f"\ncase 2: polling resumed {resumed_after:.1f}s after the broker returned "
+    print(f"\ncase 2 ({'holding' if holding else 'idle'}, Celery {celery.__version__}): polling resumed "
+          f"{resumed_after:.1f}s after the broker returned "
           f"({len(during)} polls during the outage, {len(window)} in the 5 s after, "
           f"min gap {min(gaps):.2f}s); "
           f"{len(rows)}/{len(rows)} rows final {dict(statuses)} (running at the stop: "
-          f"{sorted(caught_end.values())}); 0 claims left")
+          f"{sorted(caught_end.values())}); 0 claims left; restarts: {supervisor.restarts or 'none'}")
 
 
-def test_a_worker_holding_a_poll_with_an_eta_survives_the_broker_going_away(
+def test_a_worker_holding_a_message_survives_the_broker_going_away_or_is_restarted(
     private_redis: RedisServer, redis_url: str, redis_client: Any, sqlite_url: str,
-    launch: Callable[..., CeleryProject],
+    supervise: Callable[[CeleryProject], Supervisor], launch: Callable[..., CeleryProject],
 ) -> None:
-    """The dispatcher publishes polls with their slot's ``eta`` (up to a tick ahead), so a worker
-    that runs polls nearly always holds one, unacknowledged, waiting for its time: the moment the
-    broker connection drops must not be fatal for it."""
+    """A worker that holds an unacknowledged message (here a poll sent with a countdown) when the
+    broker connection drops reconnects and polls again; on Celery 5.7.0 it exits with the known
+    error instead, and the supervisor's restart polls again."""
     project = faults_project(
         launch, broker_url=private_redis.url, note_url=redis_url, database_url=sqlite_url,
         triggers="tick:tick:1h",
     )
-    worker = project.worker("-Q", "celery", concurrency=1, name="poller")
+    supervisor = supervise(project)
+    worker = supervisor.worker("-Q", "celery", concurrency=1, name="poller")
     worker.wait_for_log("ready", timeout=30)
-    client = Celery("faults-client", broker=private_redis.url, set_as_current=False)
-    try:
-        held = client.send_task("cloaca.poll", args=("tick",), countdown=60, expires=120)
-
-        def scheduled() -> bool:
-            replies = client.control.inspect(timeout=1.0).scheduled() or {}
-            return any(entry["request"]["id"] == held.id for entries in replies.values() for entry in entries)
-
-        wait_until(scheduled, 15, "the worker to hold the poll until its eta", project)
-    finally:
-        client.close()
+    hold_a_message(private_redis.url, "celery", project)
 
     private_redis.stop()
     time.sleep(3.0)
     private_redis.start()
-    wait_until(lambda: worker.log().count("Connected to redis://") >= 2 or exited(project), 20,
-               "the worker to reconnect", project)
-    assert exited(project) == [], "the worker did not survive the broker going away"
+
+    def reconnected() -> bool:
+        current = supervisor.current("poller")
+        return current.log().count("Connected to redis://") >= (1 if current is not worker else 2)
+
+    wait_until(reconnected, 30, "the worker to reconnect (or its replacement to connect)", project)
+    if EXITS_HOLDING_MESSAGES:
+        assert len(supervisor.restarts) == 1 and KNOWN_EXIT in supervisor.restarts[0], supervisor.restarts
+        supervisor.current("poller").wait_for_log("ready", timeout=30)
+    else:
+        assert supervisor.restarts == [], "the worker did not survive the broker going away"
 
     # And it polls again: a manual poll after the outage runs.
     client = Celery("faults-client", broker=private_redis.url, set_as_current=False)
