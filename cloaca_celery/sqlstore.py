@@ -1,6 +1,8 @@
 """``SqlStore``: the SQLAlchemy implementation of :class:`~cloaca_celery.store.Store`.
 
 Works on SQLite (the embedded default), PostgreSQL and MySQL/MariaDB. The
+tables are in :mod:`cloaca_celery.sqlschema`, the engines in
+:mod:`cloaca_celery.sqlengine`; this module holds the queries. The
 dispatcher's claim is one ``UPDATE ... RETURNING`` where the database has it
 (PostgreSQL with ``FOR UPDATE SKIP LOCKED`` in the sub-select, SQLite inside
 a ``BEGIN IMMEDIATE`` transaction), and ``SELECT ... FOR UPDATE SKIP LOCKED``
@@ -9,48 +11,31 @@ followed by an ``UPDATE`` in one transaction on MySQL/MariaDB.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Dialect,
-    Double,
     Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
-    TypeDecorator,
     and_,
     bindparam,
     case,
-    create_engine,
     delete,
-    event,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from .errors import ConfigurationError, UnknownTriggerError
+from .errors import UnknownTriggerError
+from .sqlengine import create_store_engine, normalize_database_url, redact_url
+from .sqlschema import MYSQL_TABLE_OPTIONS, UTCDateTime, claims, executions, metadata, schedules
 from .store import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -67,211 +52,31 @@ from .store import (
     lease_refusal,
 )
 
+__all__ = [
+    "EXECUTION_FIELDS",
+    "MYSQL_TABLE_OPTIONS",
+    "SCHEDULE_FIELDS",
+    "SqlStore",
+    "UTCDateTime",
+    "claims",
+    "create_store_engine",
+    "executions",
+    "metadata",
+    "normalize_database_url",
+    "redact_url",
+    "schedules",
+]
+
 logger = logging.getLogger("cloaca_celery.sqlstore")
 
 SYNC_BATCH = 1000
 
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported),
-    to the microsecond (MySQL/MariaDB get ``DATETIME(6)``)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> Any:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(DateTime(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("cloaca stores timezone-aware datetimes only")
-        value = value.astimezone(timezone.utc)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-
-
-metadata = MetaData()
-
-MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-"""On MySQL/MariaDB: any Unicode, and names compared exactly ("Orders" is not "orders")."""
-
-schedules = Table(
-    "cloaca_schedules",
-    metadata,
-    Column("trigger_name", String(200), primary_key=True),
-    Column("workflow", String(200), nullable=False),
-    Column("poll_interval", Double, nullable=False),
-    Column("allow_concurrent", Boolean, nullable=False, default=False),
-    Column("enabled", Boolean, nullable=False, default=True),
-    Column("registered", Boolean, nullable=False, default=True),
-    Column("next_poll_at", Double, nullable=False),
-    Column("poll_lease_until", Double, nullable=True),
-    Column("poll_token", String(36), nullable=True),
-    Column("last_poll_at", UTCDateTime, nullable=True),
-    Column("last_fire_at", UTCDateTime, nullable=True),
-    Column("consecutive_errors", Integer, nullable=False, default=0),
-    Column("last_error", Text, nullable=True),
-    Column("last_error_at", UTCDateTime, nullable=True),
-    Column("state", JSON, nullable=False, default=dict),
-    Column("state_version", Integer, nullable=False, default=0),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-    Column("dedup_count", Integer, nullable=False, default=0, server_default="0"),
-    Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
-    **MYSQL_TABLE_OPTIONS,
-)
-
-executions = Table(
-    "cloaca_executions",
-    metadata,
-    Column("execution_id", String(36), primary_key=True),
-    Column("trigger_name", String(200), nullable=False),
-    Column("workflow", String(200), nullable=False),
-    Column("context", JSON, nullable=False),
-    Column("context_hash", String(64), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("task_ids", JSON, nullable=False),
-    Column("started_at", UTCDateTime, nullable=False),
-    Column("running_at", UTCDateTime, nullable=True),
-    Column("completed_at", UTCDateTime, nullable=True),
-    Column("error", Text, nullable=True),
-    Index("ix_cloaca_executions_trigger", "trigger_name", "started_at"),
-    Index("ix_cloaca_executions_status", "status", "started_at"),
-    Index("ix_cloaca_executions_started", "started_at"),
-    **MYSQL_TABLE_OPTIONS,
-)
-
-claims = Table(
-    "cloaca_claims",
-    metadata,
-    Column("trigger_name", String(200), primary_key=True),
-    Column("context_hash", String(64), primary_key=True),
-    Column("execution_id", String(36), nullable=False),
-    Column("claimed_at", Double, nullable=False),
-    Column("expires_at", Double, nullable=False),
-    Index("ix_cloaca_claims_execution", "execution_id"),
-    **MYSQL_TABLE_OPTIONS,
-)
 
 SCHEDULE_FIELDS = (
     "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
     "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
     "last_error_at", "state", "created_at", "updated_at", "dedup_count",
 )
-
-
-def normalize_database_url(url: str) -> str:
-    """Accept cloaca-style URLs (``sqlite://workflows.db``, ``sqlite://:memory:``)
-    and SQLAlchemy URLs; pick an installed driver for bare ``postgresql://`` and
-    ``mysql://``."""
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(
-            f"database URL {url!r} is not a URL; use e.g. 'sqlite://workflows.db', "
-            "'sqlite:///abs/path.db' or 'postgresql://user@host/db'"
-        )
-    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
-        rest = url[len("sqlite://"):]
-        url = "sqlite://" if rest in ("", ":memory:") else f"sqlite:///{rest}"
-    scheme, _, rest = url.partition("://")
-    if scheme in ("postgres", "postgresql"):
-        driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
-        url = f"postgresql+{driver}://{rest}"
-    elif (
-        scheme in ("mysql", "mariadb")
-        and importlib.util.find_spec("MySQLdb") is None
-        and importlib.util.find_spec("pymysql")
-    ):
-        url = f"mysql+pymysql://{rest}"
-    return url
-
-
-def create_store_engine(url: str) -> Engine:
-    """An engine for ``url`` tuned for many processes sharing the database."""
-    normalized = normalize_database_url(url)
-    try:
-        parsed = make_url(normalized)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"database URL {redact_url(url)!r} is malformed: {exc}") from None
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        memory = database in (None, "", ":memory:")
-        if not memory and database is not None:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            normalized,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=StaticPool if memory else None,
-        )
-        _tune_sqlite(engine, memory)
-        return engine
-    # No pre-ping: reads retry once on a dropped connection (SqlStore._read_one), and a
-    # write on one fails like any store error and is retried by the next poll.
-    return create_engine(normalized, pool_size=2, max_overflow=8, pool_recycle=3600)
-
-
-def _tune_sqlite(engine: Engine, memory: bool) -> None:
-    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so concurrent writers wait
-    for each other instead of failing with "database is locked"."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        if not memory:
-            _set_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # A single read runs in autocommit (the driver's isolation_level is None): no write lock.
-        if not connection.get_execution_options().get("cloaca_read"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _set_wal(cursor: Any) -> None:
-    """``PRAGMA journal_mode=WAL``, waiting while another connection holds the file.
-
-    Switching a fresh file to WAL takes an exclusive lock, and SQLite answers
-    "database is locked" at once, without its busy timeout, when workers and
-    beat open the file together. WAL stays set in the file: the first switch
-    is the only one that can meet another.
-    """
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs).
-
-    A relative SQLite path is shown resolved: it names a file in the folder
-    the process started in, and the full path says which one.
-    """
-    try:
-        parsed = make_url(normalize_database_url(url))
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            parsed = parsed.set(database=str(Path(str(parsed.database)).expanduser().resolve()))
-        return parsed.render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials
-        return url.split("@")[-1] if "@" in url else url
 
 
 def _utc(epoch: float) -> datetime:

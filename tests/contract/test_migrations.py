@@ -16,14 +16,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, inspect, text
 
 from cloaca_celery.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
-from cloaca_celery.sqlstore import metadata
+from cloaca_celery.sqlschema import metadata
 from tests.contract.conftest import Backend
 
 CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims"}
 
 
 def schema_diff(engine: Engine) -> list[Any]:
-    """What autogenerate would change to make the database match ``sqlstore.metadata``."""
+    """What autogenerate would change to make the database match ``sqlschema.metadata``."""
     with engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
