@@ -1,7 +1,9 @@
 """The cloaca tables in SQLAlchemy Core: what the Alembic migrations build and ``SqlStore`` queries.
 
-Change them only together with a migration in ``cloaca_celery/migrations/versions``
-(and the models of ``django_cloaca/models.py``).
+They are the tables of ``django_cloaca/models.py`` too, column for column and
+index for index (``docs/design.md``, "Tables", lists the few differences the
+two toolkits cannot avoid). Change them only together with a migration in
+``cloaca_celery/migrations/versions`` and one in ``django_cloaca/migrations``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql
 
@@ -109,11 +112,15 @@ executions = Table(
 claims = Table(
     "cloaca_claims",
     metadata,
-    Column("trigger_name", String(200), primary_key=True),
-    Column("context_hash", String(64), primary_key=True),
+    Column("claim_key", String(265), primary_key=True),
+    Column("trigger_name", String(200), nullable=False),
+    Column("context_hash", String(64), nullable=False),
     Column("execution_id", String(36), nullable=False),
     Column("claimed_at", Double, nullable=False),
     Column("expires_at", Double, nullable=False),
+    UniqueConstraint("trigger_name", "context_hash", name="uq_cloaca_claims_key"),
     Index("ix_cloaca_claims_execution", "execution_id"),
     **MYSQL_TABLE_OPTIONS,
 )
+"""One row per (trigger, context hash) an active execution holds; ``claim_key`` is
+:func:`cloaca_celery.store.claim_key` of the pair."""

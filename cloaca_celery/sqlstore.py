@@ -128,14 +128,16 @@ class SqlStore:
         # In batches, each one statement that leaves alone a row another process created meanwhile.
         for start in range(0, len(plan.new), SYNC_BATCH):
             with self.engine.begin() as conn:
-                conn.execute(self._insert_missing(t, ["trigger_name"]), plan.new[start:start + SYNC_BATCH])
+                conn.execute(self._insert_missing(t), plan.new[start:start + SYNC_BATCH])
 
-    def _insert_missing(self, table: Table, key: list[str]) -> Any:
-        """An INSERT that leaves alone a row whose ``key`` exists (no error, nothing written)."""
+    def _insert_missing(self, table: Table) -> Any:
+        """An INSERT that leaves alone a row whose key, or any unique column, exists (no error, nothing
+        written). Without a conflict target: a claim conflicts on two keys at once, and PostgreSQL
+        may find either first."""
         if self.dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
+            return postgresql.insert(table).on_conflict_do_nothing()
         if self.dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
+            return sqlite.insert(table).on_conflict_do_nothing()
         if self.dialect in ("mysql", "mariadb"):
             return insert(table).prefix_with("IGNORE")
         return insert(table)
@@ -296,13 +298,10 @@ class SqlStore:
         from that holder, so two takeovers cannot both win.
         """
         c, e = claims, executions
-        new_claim = {
-            "trigger_name": execution.trigger_name, "context_hash": execution.context_hash,
-            **rules.claim_holder(execution, claim_until, now),
-        }
-        key = and_(c.c.trigger_name == execution.trigger_name, c.c.context_hash == execution.context_hash)
+        new_claim = rules.claim_row(execution, claim_until, now)
+        key = c.c.claim_key == new_claim["claim_key"]
         if self.dialect in ("postgresql", "sqlite"):
-            insert_new = self._insert_missing(c, ["trigger_name", "context_hash"]).values(**new_claim)
+            insert_new = self._insert_missing(c).values(**new_claim)
             # psycopg reports -1 rows for ON CONFLICT DO NOTHING: ask for the row instead.
             if conn.execute(insert_new.returning(c.c.execution_id)).first() is not None:
                 return True

@@ -1,9 +1,11 @@
 """Trigger schedules, executions and claims: the same tables as cloaca's SQL store.
 
-The tables keep the names and columns of ``cloaca_celery.sqlschema`` so that the
-engine, the admin and ``celery -A proj cloaca`` all read one history.
-Scheduling instants the database compares and adds (``next_poll_at``, lease
-and claim expiry) are epoch seconds; times for people are aware datetimes.
+The tables have the names, columns, keys and indexes of
+``cloaca_celery.sqlschema`` (the few differences the two toolkits cannot avoid
+are listed in ``docs/design.md``), so that the engine, the admin and ``celery
+-A proj cloaca`` all read one history. Scheduling instants the database
+compares and adds (``next_poll_at``, lease and claim expiry) are epoch
+seconds; times for people are aware datetimes.
 """
 
 from __future__ import annotations
