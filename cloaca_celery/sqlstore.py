@@ -1,6 +1,10 @@
-"""``SqlStore``: the SQLAlchemy implementation of :class:`~cloaca_celery.store.Store`.
+"""``SqlStore``: the SQLAlchemy Core queries of :class:`~cloaca_celery.store.Store`.
 
 Works on SQLite (the embedded default), PostgreSQL and MySQL/MariaDB. The
+tables are in :mod:`cloaca_celery.sqlschema`, the engines in
+:mod:`cloaca_celery.sqlengine`, and what the queries decide (leases, what a
+finished poll writes, the sync diff, argument checks) in
+:mod:`cloaca_celery.store`: this module holds only the queries. The
 dispatcher's claim is one ``UPDATE ... RETURNING`` where the database has it
 (PostgreSQL with ``FOR UPDATE SKIP LOCKED`` in the sub-select, SQLite inside
 a ``BEGIN IMMEDIATE`` transaction), and ``SELECT ... FOR UPDATE SKIP LOCKED``
@@ -9,277 +13,64 @@ followed by an ``UPDATE`` in one transaction on MySQL/MariaDB.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
-import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    DateTime,
-    Dialect,
-    Double,
     Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
-    TypeDecorator,
     and_,
     bindparam,
     case,
-    create_engine,
     delete,
-    event,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from .errors import ConfigurationError, UnknownTriggerError
+from . import store as rules
+from .sqlengine import create_store_engine, normalize_database_url, redact_url
+from .sqlschema import MYSQL_TABLE_OPTIONS, UTCDateTime, claims, executions, metadata, schedules
 from .store import (
     ACTIVE_STATUSES,
+    EXECUTION_FIELDS,
     FINAL_STATUSES,
-    STATUSES,
+    SCHEDULE_FIELDS,
     DuePoll,
     NewExecution,
+    PollChange,
     PollLease,
     PollOutcome,
     PollRefusal,
     TriggerSpec,
-    advance,
-    due_poll,
-    first_slot,
-    lease_refusal,
 )
 
-logger = logging.getLogger("cloaca_celery.sqlstore")
+__all__ = [
+    "EXECUTION_FIELDS",
+    "MYSQL_TABLE_OPTIONS",
+    "SCHEDULE_FIELDS",
+    "SqlStore",
+    "UTCDateTime",
+    "claims",
+    "create_store_engine",
+    "executions",
+    "metadata",
+    "normalize_database_url",
+    "redact_url",
+    "schedules",
+]
 
 SYNC_BATCH = 1000
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported),
-    to the microsecond (MySQL/MariaDB get ``DATETIME(6)``)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> Any:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        return dialect.type_descriptor(DateTime(timezone=True))
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("cloaca stores timezone-aware datetimes only")
-        value = value.astimezone(timezone.utc)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
-
-
-metadata = MetaData()
-
-MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
-"""On MySQL/MariaDB: any Unicode, and names compared exactly ("Orders" is not "orders")."""
-
-schedules = Table(
-    "cloaca_schedules",
-    metadata,
-    Column("trigger_name", String(200), primary_key=True),
-    Column("workflow", String(200), nullable=False),
-    Column("poll_interval", Double, nullable=False),
-    Column("allow_concurrent", Boolean, nullable=False, default=False),
-    Column("enabled", Boolean, nullable=False, default=True),
-    Column("registered", Boolean, nullable=False, default=True),
-    Column("next_poll_at", Double, nullable=False),
-    Column("poll_lease_until", Double, nullable=True),
-    Column("poll_token", String(36), nullable=True),
-    Column("last_poll_at", UTCDateTime, nullable=True),
-    Column("last_fire_at", UTCDateTime, nullable=True),
-    Column("consecutive_errors", Integer, nullable=False, default=0),
-    Column("last_error", Text, nullable=True),
-    Column("last_error_at", UTCDateTime, nullable=True),
-    Column("state", JSON, nullable=False, default=dict),
-    Column("state_version", Integer, nullable=False, default=0),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("updated_at", UTCDateTime, nullable=False),
-    Column("dedup_count", Integer, nullable=False, default=0, server_default="0"),
-    Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
-    **MYSQL_TABLE_OPTIONS,
-)
-
-executions = Table(
-    "cloaca_executions",
-    metadata,
-    Column("execution_id", String(36), primary_key=True),
-    Column("trigger_name", String(200), nullable=False),
-    Column("workflow", String(200), nullable=False),
-    Column("context", JSON, nullable=False),
-    Column("context_hash", String(64), nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("task_ids", JSON, nullable=False),
-    Column("started_at", UTCDateTime, nullable=False),
-    Column("running_at", UTCDateTime, nullable=True),
-    Column("completed_at", UTCDateTime, nullable=True),
-    Column("error", Text, nullable=True),
-    Index("ix_cloaca_executions_trigger", "trigger_name", "started_at"),
-    Index("ix_cloaca_executions_status", "status", "started_at"),
-    Index("ix_cloaca_executions_started", "started_at"),
-    **MYSQL_TABLE_OPTIONS,
-)
-
-claims = Table(
-    "cloaca_claims",
-    metadata,
-    Column("trigger_name", String(200), primary_key=True),
-    Column("context_hash", String(64), primary_key=True),
-    Column("execution_id", String(36), nullable=False),
-    Column("claimed_at", Double, nullable=False),
-    Column("expires_at", Double, nullable=False),
-    Index("ix_cloaca_claims_execution", "execution_id"),
-    **MYSQL_TABLE_OPTIONS,
-)
-
-SCHEDULE_FIELDS = (
-    "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
-    "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
-    "last_error_at", "state", "created_at", "updated_at", "dedup_count",
-)
-
-
-def normalize_database_url(url: str) -> str:
-    """Accept cloaca-style URLs (``sqlite://workflows.db``, ``sqlite://:memory:``)
-    and SQLAlchemy URLs; pick an installed driver for bare ``postgresql://`` and
-    ``mysql://``."""
-    if not isinstance(url, str) or "://" not in url:
-        raise ConfigurationError(
-            f"database URL {url!r} is not a URL; use e.g. 'sqlite://workflows.db', "
-            "'sqlite:///abs/path.db' or 'postgresql://user@host/db'"
-        )
-    if url.startswith("sqlite://") and not url.startswith("sqlite:///"):
-        rest = url[len("sqlite://"):]
-        url = "sqlite://" if rest in ("", ":memory:") else f"sqlite:///{rest}"
-    scheme, _, rest = url.partition("://")
-    if scheme in ("postgres", "postgresql"):
-        driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
-        url = f"postgresql+{driver}://{rest}"
-    elif (
-        scheme in ("mysql", "mariadb")
-        and importlib.util.find_spec("MySQLdb") is None
-        and importlib.util.find_spec("pymysql")
-    ):
-        url = f"mysql+pymysql://{rest}"
-    return url
-
-
-def create_store_engine(url: str) -> Engine:
-    """An engine for ``url`` tuned for many processes sharing the database."""
-    normalized = normalize_database_url(url)
-    try:
-        parsed = make_url(normalized)
-    except ArgumentError as exc:
-        raise ConfigurationError(f"database URL {redact_url(url)!r} is malformed: {exc}") from None
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        memory = database in (None, "", ":memory:")
-        if not memory and database is not None:
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            normalized,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=StaticPool if memory else None,
-        )
-        _tune_sqlite(engine, memory)
-        return engine
-    # No pre-ping: reads retry once on a dropped connection (SqlStore._read_one), and a
-    # write on one fails like any store error and is retried by the next poll.
-    return create_engine(normalized, pool_size=2, max_overflow=8, pool_recycle=3600)
-
-
-def _tune_sqlite(engine: Engine, memory: bool) -> None:
-    """WAL, a busy timeout, and ``BEGIN IMMEDIATE`` so concurrent writers wait
-    for each other instead of failing with "database is locked"."""
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        if not memory:
-            _set_wal(cursor)
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        # A single read runs in autocommit (the driver's isolation_level is None): no write lock.
-        if not connection.get_execution_options().get("cloaca_read"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def _set_wal(cursor: Any) -> None:
-    """``PRAGMA journal_mode=WAL``, waiting while another connection holds the file.
-
-    Switching a fresh file to WAL takes an exclusive lock, and SQLite answers
-    "database is locked" at once, without its busy timeout, when workers and
-    beat open the file together. WAL stays set in the file: the first switch
-    is the only one that can meet another.
-    """
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs).
-
-    A relative SQLite path is shown resolved: it names a file in the folder
-    the process started in, and the full path says which one.
-    """
-    try:
-        parsed = make_url(normalize_database_url(url))
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            parsed = parsed.set(database=str(Path(str(parsed.database)).expanduser().resolve()))
-        return parsed.render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials
-        return url.split("@")[-1] if "@" in url else url
-
-
-def _utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
-
-
 class SqlStore:
-    """Schedules in SQL through SQLAlchemy Core (see module docstring)."""
+    """Schedules, executions and claims in SQL through SQLAlchemy Core (see module docstring)."""
 
     def __init__(self, url_or_engine: str | Engine) -> None:
         if isinstance(url_or_engine, Engine):
@@ -326,58 +117,27 @@ class SqlStore:
     def sync_triggers(
         self, specs: Iterable[TriggerSpec], now: float, prune: bool = True, spread: bool = False
     ) -> None:
-        wanted = {spec.name: spec for spec in specs}
-        now_dt = _utc(now)
         t = schedules
         with self.engine.begin() as conn:
-            rows = {
-                row.trigger_name: row
-                for row in conn.execute(
-                    select(t.c.trigger_name, t.c.workflow, t.c.poll_interval,
-                           t.c.allow_concurrent, t.c.registered)
-                )
-            }
-            for name, spec in wanted.items():
-                row = rows.get(name)
-                if row is None:
-                    continue
-                if (row.workflow, row.poll_interval, row.allow_concurrent, row.registered) != (
-                    spec.workflow, spec.poll_interval, spec.allow_concurrent, True
-                ):
-                    conn.execute(
-                        update(t).where(t.c.trigger_name == name).values(
-                            workflow=spec.workflow, poll_interval=spec.poll_interval,
-                            allow_concurrent=spec.allow_concurrent, registered=True,
-                            updated_at=now_dt,
-                            next_poll_at=first_slot(name, spec.poll_interval, now, spread),
-                        )
-                    )
-            gone = [name for name, row in rows.items() if prune and name not in wanted and row.registered]
-            if gone:
-                conn.execute(
-                    update(t).where(t.c.trigger_name.in_(gone)).values(registered=False, updated_at=now_dt)
-                )
-        new_rows = [
-            {
-                "trigger_name": name, "workflow": spec.workflow, "poll_interval": spec.poll_interval,
-                "allow_concurrent": spec.allow_concurrent, "enabled": True, "registered": True,
-                "consecutive_errors": 0, "next_poll_at": first_slot(name, spec.poll_interval, now, spread),
-                "state": {}, "state_version": 0, "created_at": now_dt, "updated_at": now_dt,
-            }
-            for name, spec in wanted.items() if name not in rows
-        ]
+            existing = conn.execute(select(*(t.c[name] for name in rules.SYNC_FIELDS))).all()
+            plan = rules.sync_plan([row._mapping for row in existing], specs, now, prune, spread)
+            for name, values in plan.changed.items():
+                conn.execute(update(t).where(t.c.trigger_name == name).values(**values))
+            if plan.gone:
+                conn.execute(update(t).where(t.c.trigger_name.in_(plan.gone)).values(**plan.gone_values))
         # In batches, each one statement that leaves alone a row another process created meanwhile.
-        for start in range(0, len(new_rows), SYNC_BATCH):
+        for start in range(0, len(plan.new), SYNC_BATCH):
             with self.engine.begin() as conn:
-                conn.execute(self._insert_missing(schedules, ["trigger_name"]),
-                             new_rows[start:start + SYNC_BATCH])
+                conn.execute(self._insert_missing(t), plan.new[start:start + SYNC_BATCH])
 
-    def _insert_missing(self, table: Table, key: list[str]) -> Any:
-        """An INSERT that leaves alone a row whose ``key`` exists (no error, nothing written)."""
+    def _insert_missing(self, table: Table) -> Any:
+        """An INSERT that leaves alone a row whose key, or any unique column, exists (no error, nothing
+        written). Without a conflict target: a claim conflicts on two keys at once, and PostgreSQL
+        may find either first."""
         if self.dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing(index_elements=key)
+            return postgresql.insert(table).on_conflict_do_nothing()
         if self.dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=key)
+            return sqlite.insert(table).on_conflict_do_nothing()
         if self.dialect in ("mysql", "mariadb"):
             return insert(table).prefix_with("IGNORE")
         return insert(table)
@@ -394,7 +154,8 @@ class SqlStore:
             (t.c.next_poll_at + t.c.poll_interval > now, t.c.next_poll_at + t.c.poll_interval),
             else_=now + t.c.poll_interval,
         )
-        stamped = {"next_poll_at": advanced, "last_poll_at": _utc(now)}
+        stamped = {"next_poll_at": advanced, "last_poll_at": rules.utc(now)}
+        columns = [t.c[name] for name in rules.DUE_FIELDS]
         with self.engine.begin() as conn:
             if self.engine.dialect.update_returning:
                 pick = select(t.c.trigger_name).where(due).order_by(t.c.next_poll_at).limit(limit)
@@ -404,17 +165,14 @@ class SqlStore:
                     update(t)
                     .where(t.c.trigger_name.in_(pick.scalar_subquery()), t.c.next_poll_at <= now)
                     .values(**stamped)
-                    .returning(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at, t.c.consecutive_errors)
+                    .returning(*columns)
                 ).all()
                 return [
-                    due_poll(r.trigger_name, r.poll_interval, r.next_poll_at, r.consecutive_errors)
+                    rules.due_poll(r.trigger_name, r.poll_interval, r.next_poll_at, r.consecutive_errors)
                     for r in rows
                 ]
             picked = conn.execute(
-                select(t.c.trigger_name, t.c.poll_interval, t.c.next_poll_at, t.c.consecutive_errors)
-                .where(due)
-                .order_by(t.c.next_poll_at)
-                .limit(limit)
+                select(*columns).where(due).order_by(t.c.next_poll_at).limit(limit)
                 .with_for_update(skip_locked=True)
             ).all()
             if picked:
@@ -422,8 +180,10 @@ class SqlStore:
                     update(t).where(t.c.trigger_name.in_([r.trigger_name for r in picked])).values(**stamped)
                 )
         return [
-            due_poll(r.trigger_name, r.poll_interval, advance(r.next_poll_at, r.poll_interval, now),
-                     r.consecutive_errors)
+            rules.due_poll(
+                r.trigger_name, r.poll_interval, rules.advance(r.next_poll_at, r.poll_interval, now),
+                r.consecutive_errors,
+            )
             for r in picked
         ]
 
@@ -432,6 +192,7 @@ class SqlStore:
         slot_end: float | None = None,
     ) -> PollLease | PollRefusal:
         t = schedules
+        taken = 0
         if hold:
             conditions = [t.c.trigger_name == name, t.c.enabled.is_(True),
                           or_(_lease_free(now), t.c.poll_token.is_(None))]
@@ -439,27 +200,14 @@ class SqlStore:
                 conditions.append(t.c.next_poll_at <= slot_end)
             with self.engine.begin() as conn:
                 taken = conn.execute(
-                    update(t)
-                    .where(*conditions)
-                    .values(poll_lease_until=now + lease_seconds, poll_token=token, last_poll_at=_utc(now))
+                    update(t).where(*conditions).values(**rules.poll_hold(now, lease_seconds, token))
                 ).rowcount
                 row = conn.execute(_POLL_ROW, {"name": name}).first()
         else:
-            taken = 0
             row = self._read_one(_POLL_ROW, {"name": name})
-        if row is None:
-            return PollRefusal(name, "missing")
-        refusal = lease_refusal(name, row.enabled, row.poll_lease_until, row.poll_token, now)
-        if hold and not taken:
-            if refusal is None and slot_end is not None and float(row.next_poll_at) > slot_end:
-                return PollRefusal(name, "late")
-            return refusal or PollRefusal(name, "running")
-        if not hold and refusal is not None:
-            return refusal
-        return PollLease(
-            trigger_name=name, token=token, until=now + lease_seconds,
-            state=dict(row.state or {}), state_version=int(row.state_version),
-            consecutive_errors=int(row.consecutive_errors), held=hold,
+        return rules.poll_start(
+            name, None if row is None else row._mapping, now, lease_seconds, token,
+            hold=hold, taken=bool(taken), slot_end=slot_end,
         )
 
     def _read_one(self, statement: Any, params: dict[str, Any]) -> Any:
@@ -491,53 +239,29 @@ class SqlStore:
     def finish_poll(
         self, lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None = None
     ) -> bool:
+        return rules.finish_poll(lease, outcome, now, hold_until, self._write_poll)
+
+    def _write_poll(self, change: PollChange) -> int:
         t = schedules
-        values: dict[str, Any] = {}
-        if lease.held:
-            kept = hold_until is not None and hold_until > now
-            values.update(poll_lease_until=hold_until if kept else None, poll_token=None)
-        if outcome.error is not None:
-            values.update(
-                consecutive_errors=t.c.consecutive_errors + 1,
-                last_error=outcome.error[:4000],
-                last_error_at=_utc(now),
-            )
-        elif lease.consecutive_errors:
-            values["consecutive_errors"] = 0
-        if outcome.fired_at is not None:
-            values["last_fire_at"] = outcome.fired_at
-        if outcome.state is not None:
-            values.update(state=outcome.state, state_version=t.c.state_version + 1)
-        if outcome.deduplicated:
-            values["dedup_count"] = t.c.dedup_count + 1
-        if not values:
-            return True
-        conditions = [t.c.trigger_name == lease.trigger_name]
-        if lease.held:
-            conditions.append(t.c.poll_token == lease.token)
-        if outcome.state is not None:
-            conditions.append(t.c.state_version == lease.state_version)
+        values = {name: t.c[name] + 1 if v is rules.INCREMENT else v for name, v in change.values.items()}
+        matches = [t.c[name] == value for name, value in change.conditions.items()]
         with self.engine.begin() as conn:
-            done = conn.execute(update(t).where(*conditions).values(**values)).rowcount
-        return bool(done)
+            return int(conn.execute(update(t).where(*matches).values(**values)).rowcount)
 
     def list_schedules(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(schedules).order_by(schedules.c.trigger_name)).all()
-        return [_schedule_dict(row._mapping) for row in rows]
+        return [rules.schedule_dict(row._mapping) for row in rows]
 
     def get_schedule(self, name: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
             row = conn.execute(select(schedules).where(schedules.c.trigger_name == name)).first()
         if row is None:
-            raise UnknownTriggerError(
-                f"unknown trigger {name!r}: no schedule row in the store {self.url}"
-            )
-        return _schedule_dict(row._mapping)
+            raise rules.unknown_trigger(name, f"store {self.url}")
+        return rules.schedule_dict(row._mapping)
 
     def set_enabled(self, name: str, enabled: bool) -> None:
-        if not isinstance(enabled, bool):
-            raise TypeError(f"set_enabled({name!r}, ...): enabled must be True or False")
+        rules.check_enabled(name, enabled)
         t = schedules
         with self.engine.begin() as conn:
             changed = conn.execute(
@@ -546,30 +270,21 @@ class SqlStore:
                 )
             ).rowcount
         if not changed:
-            raise UnknownTriggerError(
-                f"unknown trigger {name!r}: no schedule row in the store {self.url}"
-            )
-
+            raise rules.unknown_trigger(name, f"store {self.url}")
 
     # -- executions and claims ------------------------------------------------
 
     def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
-        e = executions
-        row = {
-            "execution_id": execution.execution_id, "trigger_name": execution.trigger_name,
-            "workflow": execution.workflow, "context": execution.context,
-            "context_hash": execution.context_hash, "status": "queued",
-            "task_ids": list(execution.task_ids), "started_at": execution.started_at,
-        }
+        row = rules.execution_row(execution)
         if claim_until is None and self.dialect != "sqlite":
             # No claim: one INSERT is the whole write, one round trip outside a transaction.
             with self._reader.connect() as conn:
-                conn.execute(insert(e).values(**row))
+                conn.execute(insert(executions).values(**row))
             return True
         with self.engine.begin() as conn:
             if claim_until is not None and not self._claim(conn, execution, claim_until, now):
                 return False
-            conn.execute(insert(e).values(**row))
+            conn.execute(insert(executions).values(**row))
         return True
 
     def _claim(self, conn: Connection, execution: NewExecution, claim_until: float, now: float) -> bool:
@@ -583,22 +298,18 @@ class SqlStore:
         from that holder, so two takeovers cannot both win.
         """
         c, e = claims, executions
-        claim = {"execution_id": execution.execution_id, "claimed_at": now, "expires_at": claim_until}
-        key = and_(c.c.trigger_name == execution.trigger_name, c.c.context_hash == execution.context_hash)
+        new_claim = rules.claim_row(execution, claim_until, now)
+        key = c.c.claim_key == new_claim["claim_key"]
         if self.dialect in ("postgresql", "sqlite"):
-            new_claim = self._insert_missing(c, ["trigger_name", "context_hash"]).values(
-                trigger_name=execution.trigger_name, context_hash=execution.context_hash, **claim
-            )
+            insert_new = self._insert_missing(c).values(**new_claim)
             # psycopg reports -1 rows for ON CONFLICT DO NOTHING: ask for the row instead.
-            if conn.execute(new_claim.returning(c.c.execution_id)).first() is not None:
+            if conn.execute(insert_new.returning(c.c.execution_id)).first() is not None:
                 return True
         holder = conn.execute(select(c.c.execution_id, c.c.expires_at).where(key)).first()
         if holder is None:
             try:
                 with conn.begin_nested():
-                    conn.execute(insert(c).values(
-                        trigger_name=execution.trigger_name, context_hash=execution.context_hash, **claim
-                    ))
+                    conn.execute(insert(c).values(**new_claim))
             except IntegrityError:
                 return False
             return True
@@ -609,7 +320,7 @@ class SqlStore:
             update(c)
             .where(key, c.c.execution_id == holder.execution_id)
             .where(or_(c.c.expires_at < now, ~ended.exists()))
-            .values(**claim)
+            .values(**rules.claim_holder(execution, claim_until, now))
         ).rowcount)
 
     def mark_running(self, execution_id: str, at: datetime) -> bool:
@@ -622,16 +333,12 @@ class SqlStore:
         return bool(done)
 
     def finish_execution(self, execution_id: str, status: str, error: str | None, at: datetime) -> bool:
-        if status not in FINAL_STATUSES:
-            raise ValueError(
-                f"finish_execution: {status!r} is not a final status ({', '.join(FINAL_STATUSES)})"
-            )
+        values = rules.execution_end(status, error, at)
         e = executions
         with self.engine.begin() as conn:
             done = conn.execute(
-                update(e)
-                .where(e.c.execution_id == execution_id, e.c.status.in_(ACTIVE_STATUSES))
-                .values(status=status, completed_at=at, error=None if error is None else error[:8000])
+                update(e).where(e.c.execution_id == execution_id, e.c.status.in_(ACTIVE_STATUSES))
+                .values(**values)
             ).rowcount
             conn.execute(delete(claims).where(claims.c.execution_id == execution_id))
         return bool(done)
@@ -643,23 +350,21 @@ class SqlStore:
                 select(e).where(e.c.status.in_(ACTIVE_STATUSES), e.c.started_at < started_before)
                 .order_by(e.c.started_at).limit(limit)
             ).all()
-        return [_execution_dict(row._mapping) for row in rows]
+        return [rules.execution_dict(row._mapping) for row in rows]
 
     def get_execution(self, execution_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
             row = conn.execute(select(executions).where(executions.c.execution_id == execution_id)).first()
         if row is None:
-            raise KeyError(f"unknown execution {execution_id!r}")
-        return _execution_dict(row._mapping)
+            raise rules.unknown_execution(execution_id)
+        return rules.execution_dict(row._mapping)
 
     def execution_history(
         self, trigger_name: str, limit: int | None = None, offset: int | None = None,
         status: str | None = None,
     ) -> list[dict[str, Any]]:
+        rules.check_history_query(status, limit, offset)
         e = executions
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
-        _check_page(limit, offset)
         query = select(e).where(e.c.trigger_name == trigger_name)
         if status is not None:
             query = query.where(e.c.status == status)
@@ -670,7 +375,7 @@ class SqlStore:
             query = query.offset(offset)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return [_execution_dict(row._mapping) for row in rows]
+        return [rules.execution_dict(row._mapping) for row in rows]
 
     def prune_executions(self, completed_before: datetime, batch_size: int = 1000) -> int:
         e = executions
@@ -687,43 +392,11 @@ class SqlStore:
                 total += conn.execute(delete(e).where(e.c.execution_id.in_(ids))).rowcount
 
 
-_POLL_ROW = select(
-    schedules.c.enabled, schedules.c.state, schedules.c.state_version, schedules.c.consecutive_errors,
-    schedules.c.poll_lease_until, schedules.c.poll_token, schedules.c.next_poll_at,
-).where(schedules.c.trigger_name == bindparam("name"))
+_POLL_ROW = select(*(schedules.c[name] for name in rules.POLL_ROW_FIELDS)).where(
+    schedules.c.trigger_name == bindparam("name")
+)
 
 
 def _lease_free(now: float) -> Any:
     t = schedules
     return or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now)
-
-
-def _schedule_dict(row: Any) -> dict[str, Any]:
-    data = {name: row[name] for name in SCHEDULE_FIELDS}
-    data["poll_interval"] = float(data["poll_interval"])
-    data["enabled"] = bool(data["enabled"])
-    data["allow_concurrent"] = bool(data["allow_concurrent"])
-    data["registered"] = bool(data["registered"])
-    data["state"] = dict(data["state"] or {})
-    next_poll = row["next_poll_at"]
-    data["next_poll_at"] = _utc(float(next_poll)) if next_poll is not None else None
-    return data
-
-
-def _check_page(limit: int | None, offset: int | None) -> None:
-    for name, value in (("limit", limit), ("offset", offset)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
-
-
-EXECUTION_FIELDS = (
-    "execution_id", "trigger_name", "workflow", "context", "context_hash", "status",
-    "task_ids", "started_at", "running_at", "completed_at", "error",
-)
-
-
-def _execution_dict(row: Any) -> dict[str, Any]:
-    data = {name: row[name] for name in EXECUTION_FIELDS}
-    data["context"] = dict(data["context"] or {})
-    data["task_ids"] = list(data["task_ids"] or [])
-    return data

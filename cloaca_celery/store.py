@@ -1,19 +1,27 @@
-"""The ``Store`` protocol: where schedules (and, later, executions and claims) live.
+"""The ``Store`` protocol, and the rules every store follows.
 
-The engine talks to the store only through this protocol so that the
+The engine talks to the store only through :class:`Store`, so that the
 SQLAlchemy store (:mod:`cloaca_celery.sqlstore`) and the Django ORM store of
-``django_cloaca`` are interchangeable. Scheduling times that the database
-compares and adds (``next_poll_at``, lease expiry) are epoch seconds
-(floats); times shown to people are timezone-aware UTC datetimes.
+``django_cloaca`` are interchangeable. What the two stores decide is written
+here once, as plain functions and values (which rows a sync adds, changes and
+unregisters; whether a poll may start on the row it read; what a finished
+poll writes; the argument checks, field lists and truncation limits); each
+store keeps only its queries.
+
+Scheduling times that the database compares and adds (``next_poll_at``,
+lease expiry) are epoch seconds (floats); times shown to people are
+timezone-aware UTC datetimes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
+
+from .errors import UnknownTriggerError
 
 
 @dataclass(frozen=True)
@@ -146,15 +154,17 @@ class NewExecution:
 class Store(Protocol):
     """Persistence of trigger schedules, shared by every beat and worker."""
 
-    url: str
-    """Where the store is, for people: a URL with its password hidden, or the Django database."""
+    @property
+    def url(self) -> str:
+        """Where the store is, for people: a URL with its password hidden, or the Django database."""
+        ...
 
     def ping(self) -> None:
-        """Open a connection and prove the database answers."""
+        """Open a connection and prove the database answers (raises if it does not)."""
         ...
 
     def dispose(self) -> None:
-        """Forget pooled connections without closing them (after a fork)."""
+        """Drop the connections inherited from a parent process (after a fork): this one opens its own."""
         ...
 
     def ensure_schema(self) -> None:
@@ -273,3 +283,301 @@ class Store(Protocol):
 
     def close(self) -> None:
         ...
+
+
+# -- rules shared by the stores ------------------------------------------------------
+
+LAST_ERROR_LIMIT = 4000
+"""Characters of a poll's error kept in the schedule's ``last_error``."""
+
+EXECUTION_ERROR_LIMIT = 8000
+"""Characters of a failed execution's error kept in its ``error``."""
+
+SCHEDULE_FIELDS = (
+    "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
+    "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
+    "last_error_at", "state", "created_at", "updated_at", "dedup_count",
+)
+"""The columns of a schedule row given to callers as they are (``next_poll_at`` becomes a datetime)."""
+
+EXECUTION_FIELDS = (
+    "execution_id", "trigger_name", "workflow", "context", "context_hash", "status",
+    "task_ids", "started_at", "running_at", "completed_at", "error",
+)
+"""The columns of an execution row, all given to callers."""
+
+SYNC_FIELDS = ("trigger_name", "workflow", "poll_interval", "allow_concurrent", "registered")
+"""What :func:`sync_plan` reads of each existing schedule row."""
+
+POLL_ROW_FIELDS = (
+    "enabled", "state", "state_version", "consecutive_errors", "poll_lease_until", "poll_token",
+    "next_poll_at",
+)
+"""What :func:`poll_start` reads of the schedule row."""
+
+DUE_FIELDS = ("trigger_name", "poll_interval", "next_poll_at", "consecutive_errors")
+"""What a claim of due polls reads of each row it takes (see :func:`due_poll`)."""
+
+
+class Row(Protocol):
+    """A row as a store reads it (SQLAlchemy's ``row._mapping``, a Django ``values()`` dict)."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
+def utc(epoch: float) -> datetime:
+    """Epoch seconds as a timezone-aware UTC datetime."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+def aware_utc(value: datetime | None) -> datetime | None:
+    """A datetime read from the database, in UTC and timezone-aware (naive ones are UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SyncPlan:
+    """What :meth:`Store.sync_triggers` writes, decided by :func:`sync_plan`.
+
+    ``new``: whole rows to insert, each leaving alone a row of its name that
+    another process inserted meanwhile. ``changed``: the values to set on each
+    named row. ``gone``: the triggers to mark with ``gone_values`` (no longer
+    registered, so no longer dispatched).
+    """
+
+    new: list[dict[str, Any]]
+    changed: dict[str, dict[str, Any]]
+    gone: list[str]
+    gone_values: dict[str, Any]
+
+
+def sync_plan(
+    existing: Iterable[Row], specs: Iterable[TriggerSpec], now: float, prune: bool, spread: bool
+) -> SyncPlan:
+    """Compare the schedule rows (their :data:`SYNC_FIELDS`) with the registered triggers.
+
+    A trigger without a row gets one, enabled; a row whose workflow, interval
+    or concurrency changed (or that was unregistered) is refreshed and due
+    again at :func:`first_slot`. The operator's ``enabled`` is never touched.
+    With ``prune``, registered rows of triggers absent from ``specs`` are gone.
+    """
+    wanted = {spec.name: spec for spec in specs}
+    rows = {row["trigger_name"]: row for row in existing}
+    now_dt = utc(now)
+    new: list[dict[str, Any]] = []
+    changed: dict[str, dict[str, Any]] = {}
+    for name, spec in wanted.items():
+        row = rows.get(name)
+        code = {"workflow": spec.workflow, "poll_interval": spec.poll_interval,
+                "allow_concurrent": spec.allow_concurrent, "registered": True}
+        slot = {"next_poll_at": first_slot(name, spec.poll_interval, now, spread), "updated_at": now_dt}
+        if row is None:
+            new.append({"trigger_name": name, **code, **slot, "enabled": True, "consecutive_errors": 0,
+                        "state": {}, "state_version": 0, "created_at": now_dt})
+        elif any(row[key] != value for key, value in code.items()):
+            changed[name] = {**code, **slot}
+    gone = [name for name, row in rows.items() if prune and name not in wanted and row["registered"]]
+    return SyncPlan(new, changed, gone, {"registered": False, "updated_at": now_dt})
+
+
+def poll_hold(now: float, lease_seconds: float, token: str) -> dict[str, Any]:
+    """The values a poll that holds its trigger writes on the row (see :meth:`Store.begin_poll`)."""
+    return {"poll_lease_until": now + lease_seconds, "poll_token": token, "last_poll_at": utc(now)}
+
+
+def poll_start(
+    name: str, row: Row | None, now: float, lease_seconds: float, token: str, *,
+    hold: bool, taken: bool, slot_end: float | None,
+) -> PollLease | PollRefusal:
+    """Whether a poll starts, from the row (its :data:`POLL_ROW_FIELDS`) read by :meth:`Store.begin_poll`.
+
+    ``taken`` says whether the conditional write of :func:`poll_hold` changed
+    the row (always ``False`` without ``hold``). A hold that was not taken is
+    refused with the reason the row shows: ``late`` when its next slot is
+    past ``slot_end`` (the dispatcher has claimed it), else why
+    :func:`lease_refusal` refuses it (``running`` when it no longer says).
+    """
+    if row is None:
+        return PollRefusal(name, "missing")
+    refusal = lease_refusal(name, row["enabled"], row["poll_lease_until"], row["poll_token"], now)
+    if hold and not taken:
+        if refusal is None and slot_end is not None and float(row["next_poll_at"]) > slot_end:
+            return PollRefusal(name, "late")
+        return refusal or PollRefusal(name, "running")
+    if not hold and refusal is not None:
+        return refusal
+    return PollLease(
+        trigger_name=name, token=token, until=now + lease_seconds,
+        state=dict(row["state"] or {}), state_version=int(row["state_version"]),
+        consecutive_errors=int(row["consecutive_errors"]), held=hold,
+    )
+
+
+class Increment:
+    """A value of :class:`PollChange`: the column's own value plus one, computed by the database."""
+
+    def __repr__(self) -> str:
+        return "INCREMENT"
+
+
+INCREMENT = Increment()
+
+
+@dataclass(frozen=True)
+class PollChange:
+    """The one ``UPDATE`` of a finished poll: set ``values`` on the row that matches ``conditions``.
+
+    ``conditions`` are column equalities; a value that is :data:`INCREMENT`
+    is the column plus one.
+    """
+
+    conditions: dict[str, Any]
+    values: dict[str, Any]
+
+
+def finish_poll_change(
+    lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None
+) -> PollChange | None:
+    """What :meth:`Store.finish_poll` writes, or ``None`` when there is nothing to write.
+
+    A held lease is released (kept until ``hold_until`` if that is still to
+    come) and only by its token. A new ``state`` is saved only over the
+    version the poll read (compare-and-set).
+    """
+    values: dict[str, Any] = {}
+    if lease.held:
+        kept = hold_until is not None and hold_until > now
+        values.update(poll_lease_until=hold_until if kept else None, poll_token=None)
+    if outcome.error is not None:
+        values.update(
+            consecutive_errors=INCREMENT, last_error=outcome.error[:LAST_ERROR_LIMIT], last_error_at=utc(now)
+        )
+    elif lease.consecutive_errors:
+        values["consecutive_errors"] = 0
+    if outcome.fired_at is not None:
+        values["last_fire_at"] = outcome.fired_at
+    if outcome.state is not None:
+        values.update(state=outcome.state, state_version=INCREMENT)
+    if outcome.deduplicated:
+        values["dedup_count"] = INCREMENT
+    if not values:
+        return None
+    conditions: dict[str, Any] = {"trigger_name": lease.trigger_name}
+    if lease.held:
+        conditions["poll_token"] = lease.token
+    if outcome.state is not None:
+        conditions["state_version"] = lease.state_version
+    return PollChange(conditions, values)
+
+
+def finish_poll(
+    lease: PollLease, outcome: PollOutcome, now: float, hold_until: float | None,
+    write: Callable[[PollChange], int],
+) -> bool:
+    """:meth:`Store.finish_poll`: ``write`` is the store's UPDATE of a change, returning the rows it matched.
+
+    Nothing to write is a success; otherwise the poll's outcome counts only if
+    its row still matched (the lease was not lost, the state not overwritten).
+    """
+    change = finish_poll_change(lease, outcome, now, hold_until)
+    return True if change is None else bool(write(change))
+
+
+def schedule_dict(row: Row) -> dict[str, Any]:
+    """A schedule row (:data:`SCHEDULE_FIELDS` and ``next_poll_at``) as callers get it."""
+    data = {name: row[name] for name in SCHEDULE_FIELDS}
+    for key in ("last_poll_at", "last_fire_at", "last_error_at", "created_at", "updated_at"):
+        data[key] = aware_utc(data[key])
+    for key in ("enabled", "allow_concurrent", "registered"):
+        data[key] = bool(data[key])
+    data["poll_interval"] = float(data["poll_interval"])
+    data["state"] = dict(data["state"] or {})
+    next_poll = row["next_poll_at"]
+    data["next_poll_at"] = utc(float(next_poll)) if next_poll is not None else None
+    return data
+
+
+def execution_dict(row: Row) -> dict[str, Any]:
+    """An execution row (:data:`EXECUTION_FIELDS`) as callers get it."""
+    data = {name: row[name] for name in EXECUTION_FIELDS}
+    for key in ("started_at", "running_at", "completed_at"):
+        data[key] = aware_utc(data[key])
+    data["context"] = dict(data["context"] or {})
+    data["task_ids"] = list(data["task_ids"] or [])
+    return data
+
+
+def execution_row(execution: NewExecution) -> dict[str, Any]:
+    """The row :meth:`Store.record_fire` inserts: the fire, ``queued``."""
+    return {
+        "execution_id": execution.execution_id, "trigger_name": execution.trigger_name,
+        "workflow": execution.workflow, "context": execution.context,
+        "context_hash": execution.context_hash, "status": "queued",
+        "task_ids": list(execution.task_ids), "started_at": execution.started_at,
+    }
+
+
+def claim_key(trigger_name: str, context_hash: str) -> str:
+    """The primary key of a claim: ``"<trigger>\\x1f<hash>"``.
+
+    One column, because Django (before 5.2) has no composite primary key; the
+    pair stays unique on its own as well. The hash has a fixed length, so two
+    pairs never make one key.
+    """
+    return f"{trigger_name}\x1f{context_hash}"
+
+
+def claim_holder(execution: NewExecution, claim_until: float, now: float) -> dict[str, Any]:
+    """The values that make ``execution`` the holder of its claim, until ``claim_until``."""
+    return {"execution_id": execution.execution_id, "claimed_at": now, "expires_at": claim_until}
+
+
+def claim_row(execution: NewExecution, claim_until: float, now: float) -> dict[str, Any]:
+    """A new claim row: the (trigger, context hash) of ``execution``, held by it."""
+    return {
+        "claim_key": claim_key(execution.trigger_name, execution.context_hash),
+        "trigger_name": execution.trigger_name, "context_hash": execution.context_hash,
+        **claim_holder(execution, claim_until, now),
+    }
+
+
+def execution_end(status: str, error: str | None, at: datetime) -> dict[str, Any]:
+    """The values :meth:`Store.finish_execution` sets (``status`` must be final)."""
+    check_final_status(status)
+    return {"status": status, "completed_at": at,
+            "error": None if error is None else error[:EXECUTION_ERROR_LIMIT]}
+
+
+# -- argument checks and errors -----------------------------------------------------
+
+
+def check_final_status(status: str) -> None:
+    if status not in FINAL_STATUSES:
+        raise ValueError(
+            f"finish_execution: {status!r} is not a final status ({', '.join(FINAL_STATUSES)})"
+        )
+
+
+def check_history_query(status: str | None, limit: int | None, offset: int | None) -> None:
+    """The arguments of :meth:`Store.execution_history`: a known status, a page of whole numbers."""
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    for name, value in (("limit", limit), ("offset", offset)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+
+
+def check_enabled(name: str, enabled: object) -> None:
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_enabled({name!r}, ...): enabled must be True or False")
+
+
+def unknown_trigger(name: str, where: str) -> UnknownTriggerError:
+    """The error for a trigger without a schedule row in ``where`` (e.g. ``store sqlite:///x.db``)."""
+    return UnknownTriggerError(f"unknown trigger {name!r}: no schedule row in the {where}")
+
+
+def unknown_execution(execution_id: str) -> KeyError:
+    return KeyError(f"unknown execution {execution_id!r}")

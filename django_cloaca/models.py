@@ -1,9 +1,11 @@
 """Trigger schedules, executions and claims: the same tables as cloaca's SQL store.
 
-The tables keep the names and columns of ``cloaca_celery.sqlstore`` so that the
-engine, the admin and ``celery -A proj cloaca`` all read one history.
-Scheduling instants the database compares and adds (``next_poll_at``, lease
-and claim expiry) are epoch seconds; times for people are aware datetimes.
+The tables have the names, columns, keys and indexes of
+``cloaca_celery.sqlschema`` (the few differences the two toolkits cannot avoid
+are listed in ``docs/design.md``), so that the engine, the admin and ``celery
+-A proj cloaca`` all read one history. Scheduling instants the database
+compares and adds (``next_poll_at``, lease and claim expiry) are epoch
+seconds; times for people are aware datetimes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from django.db import models
+
+from cloaca_celery.store import EXECUTION_FIELDS
 
 STATUS_CHOICES = [
     ("queued", "queued"),
@@ -106,15 +110,15 @@ class TriggerExecution(models.Model):
         return (self.completed_at - self.started_at).total_seconds()
 
     def as_dict(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in (
-            "execution_id", "trigger_name", "workflow", "context", "context_hash", "status",
-            "task_ids", "started_at", "running_at", "completed_at", "error",
-        )}
+        return {f: getattr(self, f) for f in EXECUTION_FIELDS}
 
 
 class TriggerClaim(models.Model):
-    """A (trigger, context hash) that an active execution holds. Composite key in SQL;
-    Django sees ``claim_key`` ("<trigger>\\x1f<hash>") as its primary key."""
+    """A (trigger, context hash) that an active execution holds.
+
+    Its primary key is ``claim_key`` (``cloaca_celery.store.claim_key``:
+    ``"<trigger>\\x1f<hash>"``), one column because Django before 5.2 has no
+    composite primary key; the pair is unique as well."""
 
     claim_key = models.CharField(max_length=265, primary_key=True)
     trigger_name = models.CharField(max_length=200)

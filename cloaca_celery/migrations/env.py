@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from cloaca_celery.migrations import VERSION_TABLE
-from cloaca_celery.sqlstore import metadata
+from cloaca_celery.sqlschema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

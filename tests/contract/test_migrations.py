@@ -11,19 +11,22 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, event, inspect, text
 
-from cloaca_celery.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
-from cloaca_celery.sqlstore import metadata
+from cloaca_celery.migrations import VERSION_TABLE, alembic_config, current_revision, head_revision, upgrade
+from cloaca_celery.sqlschema import metadata
+from cloaca_celery.sqlstore import SqlStore
+from cloaca_celery.store import NewExecution, claim_key
 from tests.contract.conftest import Backend
 
 CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims"}
 
 
 def schema_diff(engine: Engine) -> list[Any]:
-    """What autogenerate would change to make the database match ``sqlstore.metadata``."""
+    """What autogenerate would change to make the database match ``sqlschema.metadata``."""
     with engine.connect() as conn:
         context = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE, "compare_type": True}
@@ -40,8 +43,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0002() -> None:
-    assert head_revision() == "0002"
+def test_head_is_0003() -> None:
+    assert head_revision() == "0003"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
@@ -116,6 +119,88 @@ def test_upgrade_from_0001_keeps_rows_and_adds_dedup_count(backend: Backend) -> 
     assert store.get_schedule("legacy")["enabled"] is True
 
 
+def _insert_0002_claim(engine: Engine, execution_id: str, context_hash: str) -> None:
+    """An active execution and its claim as revision 0002 knew them, written with plain SQL."""
+    stamp = "2025-11-28 12:00:34.250000" + ("+00:00" if engine.dialect.name == "postgresql" else "")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO cloaca_executions (execution_id, trigger_name, workflow, context, context_hash,"
+                " status, task_ids, started_at) VALUES (:id, 'orders', 'ship', :context, :hash, 'running',"
+                " '[\"t1\"]', :stamp)"
+            ),
+            {
+                "id": execution_id, "context": '{"order": 7, "lines": [1, 2]}', "hash": context_hash,
+                "stamp": stamp,
+            },
+        )
+        conn.execute(
+            text(
+                "INSERT INTO cloaca_claims (trigger_name, context_hash, execution_id, claimed_at, expires_at)"
+                " VALUES ('orders', :hash, :id, 1764331234.5, 1764334834.5)"
+            ),
+            {"id": execution_id, "hash": context_hash},
+        )
+
+
+def _fire(store: SqlStore, execution_id: str, context_hash: str) -> bool:
+    execution = NewExecution(
+        execution_id, "orders", "ship", {"order": 7, "lines": [1, 2]}, context_hash, ["t2"],
+        datetime(2025, 11, 28, 12, 1, tzinfo=timezone.utc),
+    )
+    return store.record_fire(execution, claim_until=1_764_334_900.0, now=1_764_331_300.0)
+
+
+def test_upgrade_from_0002_keeps_the_claims_held(backend: Backend) -> None:
+    """0003 re-keys claims by ``claim_key``: a claim held before still keeps its context from firing twice."""
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine, "0002")
+    held, other = "a" * 64, "b" * 64
+    _insert_0002_claim(engine, "e-held", held)
+    _insert_0002_claim(engine, "e-other", other)
+
+    upgrade(engine)
+    assert revision_of(engine) == head_revision()
+    assert schema_diff(engine) == []
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT claim_key, trigger_name, context_hash, execution_id, claimed_at, expires_at"
+            " FROM cloaca_claims ORDER BY execution_id"
+        )).all()
+    assert [tuple(row) for row in rows] == [
+        (claim_key("orders", held), "orders", held, "e-held", 1_764_331_234.5, 1_764_334_834.5),
+        (claim_key("orders", other), "orders", other, "e-other", 1_764_331_234.5, 1_764_334_834.5),
+    ]
+    assert store.get_execution("e-held")["context"] == {"order": 7, "lines": [1, 2]}
+
+    assert _fire(store, "e-second", held) is False
+    assert store.finish_execution("e-held", "succeeded", None, datetime.now(timezone.utc)) is True
+    assert _fire(store, "e-second", held) is True
+    assert _fire(store, "e-third", other) is False
+    with engine.connect() as conn:
+        holders = conn.execute(text("SELECT execution_id FROM cloaca_claims ORDER BY execution_id")).scalars()
+        assert holders.all() == ["e-other", "e-second"]
+
+
+def test_downgrade_from_0003_keeps_the_claims_held(backend: Backend) -> None:
+    engine = backend.store().engine
+    upgrade(engine, "0002")
+    _insert_0002_claim(engine, "e-held", "a" * 64)
+    upgrade(engine)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")
+    assert revision_of(engine) == "0002"
+    assert inspect(engine).get_pk_constraint("cloaca_claims")["constrained_columns"] == [
+        "trigger_name", "context_hash"
+    ]
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM cloaca_claims")).all()
+    assert [tuple(row) for row in rows] == [("orders", "a" * 64, "e-held", 1_764_331_234.5, 1_764_334_834.5)]
+    upgrade(engine)
+    assert schema_diff(engine) == []
+
+
 def test_upgrade_twice_is_a_no_op(backend: Backend) -> None:
     engine = backend.store().engine
     upgrade(engine)
@@ -174,7 +259,7 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
     assert revision_of(engines[0]) == head_revision()
     assert schema_diff(engines[0]) == []
     with engines[0].connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0003"]
 
 
 def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
@@ -184,7 +269,7 @@ def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
     with engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0003"]
 
 
 def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:
@@ -203,7 +288,7 @@ def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> Non
     assert table_names(engine) == CLOACA_TABLES | {VERSION_TABLE, "alembic_version"}
 
 
-@pytest.mark.parametrize("target", ["0001", "0002"])
+@pytest.mark.parametrize("target", ["0001", "0002", "0003"])
 def test_upgrade_to_a_revision_stops_there(backend: Backend, target: str) -> None:
     engine = backend.store().engine
     upgrade(engine, target)

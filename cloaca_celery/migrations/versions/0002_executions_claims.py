@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from cloaca_celery.sqlstore import MYSQL_TABLE_OPTIONS, UTCDateTime
+from cloaca_celery.sqlschema import MYSQL_TABLE_OPTIONS, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"

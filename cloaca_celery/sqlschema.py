@@ -1,0 +1,126 @@
+"""The cloaca tables in SQLAlchemy Core: what the Alembic migrations build and ``SqlStore`` queries.
+
+They are the tables of ``django_cloaca/models.py`` too, column for column and
+index for index (``docs/design.md``, "Tables", lists the few differences the
+two toolkits cannot avoid). Change them only together with a migration in
+``cloaca_celery/migrations/versions`` and one in ``django_cloaca/migrations``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported),
+    to the microsecond (MySQL/MariaDB get ``DATETIME(6)``)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime(timezone=True))
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("cloaca stores timezone-aware datetimes only")
+        value = value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+MYSQL_TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+"""On MySQL/MariaDB: any Unicode, and names compared exactly ("Orders" is not "orders")."""
+
+schedules = Table(
+    "cloaca_schedules",
+    metadata,
+    Column("trigger_name", String(200), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("poll_interval", Double, nullable=False),
+    Column("allow_concurrent", Boolean, nullable=False, default=False),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("registered", Boolean, nullable=False, default=True),
+    Column("next_poll_at", Double, nullable=False),
+    Column("poll_lease_until", Double, nullable=True),
+    Column("poll_token", String(36), nullable=True),
+    Column("last_poll_at", UTCDateTime, nullable=True),
+    Column("last_fire_at", UTCDateTime, nullable=True),
+    Column("consecutive_errors", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("last_error_at", UTCDateTime, nullable=True),
+    Column("state", JSON, nullable=False, default=dict),
+    Column("state_version", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("dedup_count", Integer, nullable=False, default=0, server_default="0"),
+    Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+executions = Table(
+    "cloaca_executions",
+    metadata,
+    Column("execution_id", String(36), primary_key=True),
+    Column("trigger_name", String(200), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("context_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("task_ids", JSON, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("running_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_cloaca_executions_trigger", "trigger_name", "started_at"),
+    Index("ix_cloaca_executions_status", "status", "started_at"),
+    Index("ix_cloaca_executions_started", "started_at"),
+    **MYSQL_TABLE_OPTIONS,
+)
+
+claims = Table(
+    "cloaca_claims",
+    metadata,
+    Column("claim_key", String(265), primary_key=True),
+    Column("trigger_name", String(200), nullable=False),
+    Column("context_hash", String(64), nullable=False),
+    Column("execution_id", String(36), nullable=False),
+    Column("claimed_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+    UniqueConstraint("trigger_name", "context_hash", name="uq_cloaca_claims_key"),
+    Index("ix_cloaca_claims_execution", "execution_id"),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""One row per (trigger, context hash) an active execution holds; ``claim_key`` is
+:func:`cloaca_celery.store.claim_key` of the pair."""

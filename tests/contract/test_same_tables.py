@@ -1,0 +1,164 @@
+"""The SQL store's tables and django_cloaca's are the same tables.
+
+Django's migrations and cloaca's Alembic migrations each build the three
+tables. Alembic finds nothing to change in the tables Django made, but for the
+differences docs/design.md lists, and each store reads and writes what the
+other wrote (a claim taken by one store keeps the other from firing the same
+context): the SQL store on the tables Django made (the Django test database:
+SQLite, or PostgreSQL with ``CLOACA_TEST_DJANGO_DB=postgresql``), the Django
+store on the tables Alembic made on SQLite. Not on PostgreSQL: there the SQL
+store's JSON columns are ``json``, which Django's ``JSONField`` cannot read
+(docs/design.md says why they stay so).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import URL
+from sqlalchemy.sql import sqltypes
+
+from cloaca_celery.sqlschema import metadata
+from cloaca_celery.sqlstore import SqlStore
+from cloaca_celery.store import NewExecution, PollLease, PollOutcome, Store, TriggerSpec
+from tests.contract.conftest import new_name
+
+T0 = 1_764_331_234.5
+D0 = datetime(2025, 11, 28, 12, 0, 34, 500_000, tzinfo=timezone.utc)
+CLAIM_UNTIL = T0 + 3600
+CONTEXT = {"order": 7, "lines": [{"sku": "A-1", "qty": 2}], "note": "Grüße"}
+HASH = "c" * 64
+
+
+def fire(execution_id: str, seconds: int) -> NewExecution:
+    started_at = D0 + timedelta(seconds=seconds)
+    return NewExecution(execution_id, "orders", "ship", CONTEXT, HASH, [f"{execution_id}-task"], started_at)
+
+
+def hand_over(first: Store, second: Store) -> None:
+    """``first`` writes a schedule, a poll's state and a claimed fire; ``second`` reads them and
+    goes on from there; ``first`` reads what ``second`` wrote."""
+    first.sync_triggers([TriggerSpec("orders", "ship", 5.0, False)], T0)
+    lease = first.begin_poll("orders", T0, 60.0, "token-1")
+    assert isinstance(lease, PollLease)
+    assert first.finish_poll(lease, PollOutcome(fired_at=D0, state={"cursor": 41, "seen": ["a"]}), T0)
+    assert first.record_fire(fire("e-1", 0), CLAIM_UNTIL, T0)
+
+    schedule = second.get_schedule("orders")
+    assert (schedule["workflow"], schedule["poll_interval"], schedule["enabled"]) == ("ship", 5.0, True)
+    assert (schedule["state"], schedule["last_fire_at"]) == ({"cursor": 41, "seen": ["a"]}, D0)
+    first_fire = second.get_execution("e-1")
+    assert (first_fire["context"], first_fire["status"], first_fire["started_at"]) == (CONTEXT, "queued", D0)
+    assert second.record_fire(fire("e-2", 1), CLAIM_UNTIL, T0) is False
+    assert second.finish_execution("e-1", "succeeded", None, D0 + timedelta(seconds=1))
+    assert second.record_fire(fire("e-2", 1), CLAIM_UNTIL, T0)
+    lease = second.begin_poll("orders", T0 + 5, 60.0, "token-2")
+    assert isinstance(lease, PollLease) and lease.state == {"cursor": 41, "seen": ["a"]}
+    assert second.finish_poll(lease, PollOutcome(error="ValueError: boom", state={"cursor": 42}), T0 + 5)
+
+    schedule = first.get_schedule("orders")
+    assert (schedule["state"], schedule["consecutive_errors"]) == ({"cursor": 42}, 1)
+    assert first.record_fire(fire("e-3", 2), CLAIM_UNTIL, T0) is False
+    history = first.execution_history("orders")
+    assert [(e["execution_id"], e["status"]) for e in history] == [("e-2", "queued"), ("e-1", "succeeded")]
+
+
+def django_database_url() -> URL:
+    """The Django test database, as an SQLAlchemy URL."""
+    from django.db import connection
+
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return URL.create("sqlite", database=settings["NAME"])
+    return URL.create(
+        "postgresql+psycopg", username=settings["USER"], host=settings["HOST"],
+        port=int(settings["PORT"]), database=settings["NAME"],
+    )
+
+
+@pytest.fixture
+def django_tables_engine() -> Iterator[Engine]:
+    engine = create_engine(django_database_url())
+    yield engine
+    engine.dispose()
+
+
+def include_cloaca(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Only the cloaca tables; not the ``*_like`` indexes Django adds on PostgreSQL (docs/design.md)."""
+    if type_ == "table":
+        return bool(name and name.startswith("cloaca_"))
+    return not (type_ == "index" and reflected and compare_to is None and str(name).endswith("_like"))
+
+
+DECLARED_APART = {
+    # Django declares real and text where SQLAlchemy declares DOUBLE and JSON: the same values.
+    "sqlite": {(sqltypes.REAL, sqltypes.Double), (sqltypes.TEXT, sqltypes.JSON)},
+    # Django's JSONField is jsonb; the SQL store's JSON columns are json.
+    "postgresql": {(postgresql.JSONB, sqltypes.JSON)},
+}
+"""The column types (found in Django's tables, declared in sqlschema) that docs/design.md lists."""
+
+
+def compare_type(
+    context: Any, column: Any, metadata_column: Any, found: Any, expected: Any
+) -> bool | None:
+    """``False`` (no difference) for the pairs of :data:`DECLARED_APART`; anything else as usual."""
+    if (type(found), type(expected)) in DECLARED_APART.get(context.dialect.name, set()):
+        return False
+    return None
+
+
+@pytest.mark.django_db
+def test_alembic_finds_nothing_to_change_in_the_tables_django_made(django_tables_engine: Engine) -> None:
+    with django_tables_engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": compare_type, "include_object": include_cloaca}
+        )
+        assert compare_metadata(context, metadata) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sql_store_works_on_the_tables_django_made(django_tables_engine: Engine) -> None:
+    from django_cloaca.store import DjangoStore
+
+    hand_over(SqlStore(django_tables_engine), DjangoStore())
+
+
+@contextmanager
+def django_database(path: Path) -> Iterator[str]:
+    """A Django database alias for the SQLite file at ``path``, for as long as the block runs."""
+    from django.db import connections
+
+    alias = new_name()
+    connections.settings[alias] = {
+        **connections.settings["default"], "ENGINE": "django.db.backends.sqlite3", "NAME": str(path),
+        "OPTIONS": {},
+    }
+    try:
+        yield alias
+    finally:
+        connections[alias].close()
+        del connections[alias]
+        del connections.settings[alias]
+
+
+def test_the_django_store_works_on_the_tables_alembic_made(tmp_path: Path, django_db_blocker: Any) -> None:
+    from django_cloaca.store import DjangoStore
+
+    path = tmp_path / "alembic.db"
+    store = SqlStore(f"sqlite:///{path}")
+    store.ensure_schema()
+    try:
+        with django_db_blocker.unblock(), django_database(path) as alias:
+            hand_over(DjangoStore(alias), store)
+    finally:
+        store.close()
