@@ -35,7 +35,7 @@ def _execution(store: DjangoStore, trigger: str, status: str, context: dict[str,
     store.record_fire(
         NewExecution(execution_id, trigger, "django_invoices", context, context_hash(context),
                      [execution_id], started or datetime.now(timezone.utc)),
-        None, time.time(),
+        claim=False, now=time.time(), deadline=time.time() + 600,
     )
     if status != "queued":
         store.finish_execution(execution_id, status, "boom" if status == "failed" else None,
@@ -154,7 +154,7 @@ def test_poll_now_goes_through_the_poll_task_and_dedup(
     store.record_fire(
         NewExecution(holder, "invoice_watcher", "django_invoices", {"invoice": "INV-9"},
                      context_hash({"invoice": "INV-9"}), [holder], datetime.now(timezone.utc)),
-        time.time() + 600, time.time(),
+        claim=True, now=store.now(), deadline=store.now() + 600,
     )
     _action(client, "poll_now", "invoice_watcher")
     assert len(store.execution_history("invoice_watcher")) == 2
