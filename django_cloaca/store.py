@@ -23,6 +23,7 @@ from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Case, DateTimeField, Exists, F, OuterRef, Q, QuerySet, Value, When
 from django.db.models.functions import Coalesce
@@ -42,6 +43,12 @@ class DjangoStore:
     """Schedules, executions and claims through the Django ORM."""
 
     def __init__(self, using: str | None = None) -> None:
+        if not settings.USE_TZ:
+            raise ConfigurationError(
+                "django_cloaca needs USE_TZ = True (cloaca stores timezone-aware UTC times): with "
+                "USE_TZ = False Django would read and write them as naive local times, and the ages "
+                "and ends of executions would be wrong. Set USE_TZ = True in the Django settings."
+            )
         self.using = using or router.db_for_write(TriggerSchedule)
         self.url = f"django database {self.using!r}"
 

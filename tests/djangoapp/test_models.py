@@ -6,8 +6,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 
-from cloaca_celery.installation import get_installation
+from cloaca_celery.errors import ConfigurationError
+from cloaca_celery.installation import get_installation, make_store
 from cloaca_celery.store import NewExecution
 from django_cloaca.models import TriggerExecution, TriggerSchedule
 from django_cloaca.store import DjangoStore
@@ -30,6 +32,16 @@ def test_the_engine_stores_through_django_when_the_app_is_installed() -> None:
     installation = get_installation(app)
     assert installation.settings.store == "auto"
     assert isinstance(installation.store, DjangoStore)
+
+
+def test_the_store_refuses_a_project_with_use_tz_false() -> None:
+    """Naive local datetimes would make the ages and ends of executions wrong: refuse, say what to set."""
+    with override_settings(USE_TZ=False):
+        with pytest.raises(ConfigurationError, match=r"needs USE_TZ = True .*Set USE_TZ = True"):
+            DjangoStore()
+        with pytest.raises(ConfigurationError, match="USE_TZ"):
+            make_store(get_installation(app).settings)  # a worker or beat starting on such a project
+    assert isinstance(DjangoStore(), DjangoStore)
 
 
 @pytest.mark.django_db(transaction=True)
