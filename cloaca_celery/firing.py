@@ -138,14 +138,13 @@ class Firer:
         canvas, task_ids = self.canvas(definition, context, execution)
         user_context = result.context.to_dict() if result.context is not None else {}
         now = time.time()
-        claim_until = None if definition.allow_concurrent else now + self.settings.claim_ttl
         recorded = self.store.record_fire(
             NewExecution(
                 execution_id=execution_id, trigger_name=definition.name,
                 workflow=definition.workflow, context=user_context, context_hash=digest,
                 task_ids=task_ids, started_at=fired_at,
             ),
-            claim_until, now,
+            claim=not definition.allow_concurrent, now=now, deadline=now + self.settings.claim_grace,
         )
         if not recorded:
             logger.debug("%s: deduplicated: an execution with context %s is still active",

@@ -4,7 +4,10 @@
 ``postgresql://...``, ``mysql://...``) into an SQLAlchemy engine: SQLite in
 WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` transactions, so that
 workers and beats writing one file wait for each other instead of failing;
-small pools elsewhere. ``redact_url`` is the URL as messages and logs show it.
+small pools elsewhere. Engines hide statement parameters from their errors
+(``hide_parameters``), so an error text kept as a poll's ``last_error`` or
+logged never carries the values of a row. ``redact_url`` is the URL as
+messages and logs show it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -64,12 +68,13 @@ def create_store_engine(url: str) -> Engine:
             normalized,
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if memory else None,
+            hide_parameters=True,
         )
         _tune_sqlite(engine, memory)
         return engine
     # No pre-ping: reads retry once on a dropped connection (SqlStore._read_one), and a
     # write on one fails like any store error and is retried by the next poll.
-    return create_engine(normalized, pool_size=2, max_overflow=8, pool_recycle=3600)
+    return create_engine(normalized, pool_size=2, max_overflow=8, pool_recycle=3600, hide_parameters=True)
 
 
 def _tune_sqlite(engine: Engine, memory: bool) -> None:
@@ -112,8 +117,20 @@ def _set_wal(cursor: Any) -> None:
             time.sleep(0.02)
 
 
+SECRET_PARAMETER_WORDS = ("password", "passwd", "secret", "token", "key")
+"""A URL query parameter whose name contains one of these (any case) holds a secret."""
+
+REDACTED = "***"
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_PARAMETER_WORDS)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs).
+    """``url`` with its password, and the values of secret-looking query parameters
+    (``?password=``, ``sslkey=``, ``token=`` ...), replaced by ``***`` (for messages and logs).
 
     A relative SQLite path is shown resolved: it names a file in the folder
     the process started in, and the full path says which one.
@@ -122,6 +139,19 @@ def redact_url(url: str) -> str:
         parsed = make_url(normalize_database_url(url))
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             parsed = parsed.set(database=str(Path(str(parsed.database)).expanduser().resolve()))
-        return parsed.render_as_string(hide_password=True)
+        shown = parsed.render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown without its credentials
-        return url.split("@")[-1] if "@" in url else url
+        shown = url.split("@")[-1] if "@" in url else url
+    return _redact_query(shown)
+
+
+def _redact_query(url: str) -> str:
+    """The secret-looking query parameters of ``url`` with their values replaced."""
+    base, mark, query = url.partition("?")
+    if not mark:
+        return url
+    parts = []
+    for part in query.split("&"):
+        name, equals, _value = part.partition("=")
+        parts.append(f"{name}={REDACTED}" if equals and _is_secret(unquote_plus(name)) else part)
+    return f"{base}?{'&'.join(parts)}"

@@ -103,11 +103,31 @@ executions = Table(
     Column("running_at", UTCDateTime, nullable=True),
     Column("completed_at", UTCDateTime, nullable=True),
     Column("error", Text, nullable=True),
+    Column("deadline_at", Double, nullable=True),
+    Column("ending_status", String(16), nullable=True),
     Index("ix_cloaca_executions_trigger", "trigger_name", "started_at"),
     Index("ix_cloaca_executions_status", "status", "started_at"),
     Index("ix_cloaca_executions_started", "started_at"),
+    Index("ix_cloaca_executions_deadline", "status", "deadline_at"),
     **MYSQL_TABLE_OPTIONS,
 )
+"""One row per fire. ``deadline_at`` (epoch seconds on the store's clock; ``NULL`` once ended) is
+when the sweep must look at it; ``ending_status`` an end requested while steps still ran."""
+
+steps = Table(
+    "cloaca_steps",
+    metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("execution_id", String(36), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("started_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("waiting_until", Double, nullable=True),
+    Index("ix_cloaca_steps_execution", "execution_id"),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""One row per step task that started: ``running``, ``waiting`` (to retry, until
+``waiting_until``) or ``done``; deleted with its execution when history is pruned."""
 
 claims = Table(
     "cloaca_claims",
@@ -117,10 +137,9 @@ claims = Table(
     Column("context_hash", String(64), nullable=False),
     Column("execution_id", String(36), nullable=False),
     Column("claimed_at", Double, nullable=False),
-    Column("expires_at", Double, nullable=False),
     UniqueConstraint("trigger_name", "context_hash", name="uq_cloaca_claims_key"),
     Index("ix_cloaca_claims_execution", "execution_id"),
     **MYSQL_TABLE_OPTIONS,
 )
-"""One row per (trigger, context hash) an active execution holds; ``claim_key`` is
-:func:`cloaca_celery.store.claim_key` of the pair."""
+"""One row per (trigger, context hash) an active execution holds, until it ends (claims never
+expire by time); ``claim_key`` is :func:`cloaca_celery.store.claim_key` of the pair."""

@@ -9,38 +9,53 @@ dispatcher's claim is one ``UPDATE ... RETURNING`` where the database has it
 (PostgreSQL with ``FOR UPDATE SKIP LOCKED`` in the sub-select, SQLite inside
 a ``BEGIN IMMEDIATE`` transaction), and ``SELECT ... FOR UPDATE SKIP LOCKED``
 followed by an ``UPDATE`` in one transaction on MySQL/MariaDB.
+
+A step's start (its fencing answer) is one statement on PostgreSQL: a
+data-modifying CTE whose conditional ``UPDATE`` of the execution feeds the
+upsert of the step row; elsewhere the same two writes in one transaction. A
+step's end and a requested end lock the execution row first (``SELECT ... FOR
+UPDATE``; SQLite's ``BEGIN IMMEDIATE``), so sibling steps ending together take
+turns and each sees the others' rows. The heartbeat and the sweep's end are
+conditional updates of the execution row: of a renewal and an overdue end
+racing, exactly one wins.
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
+    Double,
     Engine,
     Table,
     and_,
     bindparam,
     case,
+    cast,
     delete,
+    func,
     insert,
     or_,
     select,
+    text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import store as rules
 from .sqlengine import create_store_engine, normalize_database_url, redact_url
-from .sqlschema import MYSQL_TABLE_OPTIONS, UTCDateTime, claims, executions, metadata, schedules
+from .sqlschema import MYSQL_TABLE_OPTIONS, UTCDateTime, claims, executions, metadata, schedules, steps
 from .store import (
     ACTIVE_STATUSES,
     EXECUTION_FIELDS,
     FINAL_STATUSES,
+    LIVE_STEP_STATES,
     SCHEDULE_FIELDS,
     DuePoll,
     NewExecution,
@@ -64,6 +79,7 @@ __all__ = [
     "normalize_database_url",
     "redact_url",
     "schedules",
+    "steps",
 ]
 
 SYNC_BATCH = 1000
@@ -79,6 +95,7 @@ class SqlStore:
         else:
             self.engine = create_store_engine(url_or_engine)
             self.url = redact_url(url_or_engine)
+        self._upsert_step = _step_upsert(self.dialect)
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         # Single reads need no transaction: one round trip instead of three.
@@ -274,38 +291,42 @@ class SqlStore:
 
     # -- executions and claims ------------------------------------------------
 
-    def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
-        row = rules.execution_row(execution)
-        if claim_until is None and self.dialect != "sqlite":
+    def now(self) -> float:
+        row = self._read_one(text(rules.clock_query(self.dialect)), {})
+        return float(row[0])
+
+    def record_fire(self, execution: NewExecution, *, claim: bool, now: float, deadline: float) -> bool:
+        row = rules.execution_row(execution, deadline)
+        if not claim and self.dialect != "sqlite":
             # No claim: one INSERT is the whole write, one round trip outside a transaction.
             with self._reader.connect() as conn:
                 conn.execute(insert(executions).values(**row))
             return True
         with self.engine.begin() as conn:
-            if claim_until is not None and not self._claim(conn, execution, claim_until, now):
+            if claim and not self._claim(conn, execution, now):
                 return False
             conn.execute(insert(executions).values(**row))
         return True
 
-    def _claim(self, conn: Connection, execution: NewExecution, claim_until: float, now: float) -> bool:
+    def _claim(self, conn: Connection, execution: NewExecution, now: float) -> bool:
         """Take the (trigger, context hash) claim in ``conn``'s transaction, or say it is held.
 
         PostgreSQL and SQLite first try ``INSERT ... ON CONFLICT DO NOTHING``:
         with no claim (the usual case) that is the only statement. Otherwise,
         and on MySQL/MariaDB (where that INSERT would share-lock the row and
         two takeovers would deadlock), the holder is read and the claim taken
-        over only if it expired or its execution is no longer active, and only
-        from that holder, so two takeovers cannot both win.
+        over only if its execution is no longer active, and only from that
+        holder, so two takeovers cannot both win.
         """
         c, e = claims, executions
-        new_claim = rules.claim_row(execution, claim_until, now)
+        new_claim = rules.claim_row(execution, now)
         key = c.c.claim_key == new_claim["claim_key"]
         if self.dialect in ("postgresql", "sqlite"):
             insert_new = self._insert_missing(c).values(**new_claim)
             # psycopg reports -1 rows for ON CONFLICT DO NOTHING: ask for the row instead.
             if conn.execute(insert_new.returning(c.c.execution_id)).first() is not None:
                 return True
-        holder = conn.execute(select(c.c.execution_id, c.c.expires_at).where(key)).first()
+        holder = conn.execute(select(c.c.execution_id).where(key)).scalar()
         if holder is None:
             try:
                 with conn.begin_nested():
@@ -313,24 +334,53 @@ class SqlStore:
             except IntegrityError:
                 return False
             return True
-        ended = select(e.c.execution_id).where(
-            e.c.execution_id == holder.execution_id, e.c.status.in_(ACTIVE_STATUSES)
-        )
+        active = select(e.c.execution_id).where(e.c.execution_id == holder, e.c.status.in_(ACTIVE_STATUSES))
         return bool(conn.execute(
-            update(c)
-            .where(key, c.c.execution_id == holder.execution_id)
-            .where(or_(c.c.expires_at < now, ~ended.exists()))
-            .values(**rules.claim_holder(execution, claim_until, now))
+            update(c).where(key, c.c.execution_id == holder, ~active.exists())
+            .values(**rules.claim_holder(execution, now))
         ).rowcount)
 
-    def mark_running(self, execution_id: str, at: datetime) -> bool:
-        e = executions
+    def start_step(self, execution_id: str, task_id: str, now: float, lease_until: float) -> bool:
+        row = rules.step_row(execution_id, task_id, now, rules.step_change(now))
+        execution = {"eid": execution_id, "tid": task_id, "lease": lease_until, "at": rules.utc(now)}
+        params = {**execution, **_step_params(row)}
+        if self.dialect == "postgresql":
+            # One statement, one round trip: the step row is written only if the execution was.
+            with self._reader.connect() as conn:
+                return conn.execute(_START_STEP_POSTGRESQL, params).first() is not None
         with self.engine.begin() as conn:
-            done = conn.execute(
-                update(e).where(e.c.execution_id == execution_id, e.c.status == "queued")
-                .values(status="running", running_at=at)
-            ).rowcount
-        return bool(done)
+            if not conn.execute(_START_EXECUTION, params).rowcount:
+                return False
+            conn.execute(self._upsert_step, params)
+        return True
+
+    def end_step(
+        self, execution_id: str, task_id: str, now: float, idle_until: float,
+        retry_until: float | None = None,
+    ) -> bool:
+        with self.engine.begin() as conn:
+            queries = _StepEndQueries(self, conn)
+            return rules.end_step(queries, execution_id, task_id, now, idle_until, retry_until)
+
+    def request_end(
+        self, execution_id: str, status: str, error: str | None, now: float, task_id: str | None = None
+    ) -> bool:
+        with self.engine.begin() as conn:
+            return rules.request_end(_StepEndQueries(self, conn), execution_id, status, error, now, task_id)
+
+    def renew_leases(self, execution_ids: Collection[str], until: float) -> set[str]:
+        ids = set(execution_ids)
+        if not ids:
+            return set()
+        params = {"ids": list(ids), "until": until}
+        # One statement outside a transaction; MySQL/MariaDB have no UPDATE ... RETURNING: read after.
+        with self._reader.connect() as conn:
+            if self.engine.dialect.update_returning:
+                active = set(conn.execute(_RENEW.returning(executions.c.execution_id), params).scalars())
+            else:
+                conn.execute(_RENEW, params)
+                active = set(conn.execute(_GIVEN_ACTIVE, params).scalars())
+        return ids - active
 
     def finish_execution(self, execution_id: str, status: str, error: str | None, at: datetime) -> bool:
         values = rules.execution_end(status, error, at)
@@ -343,14 +393,39 @@ class SqlStore:
             conn.execute(delete(claims).where(claims.c.execution_id == execution_id))
         return bool(done)
 
-    def active_executions(self, started_before: datetime, limit: int) -> list[dict[str, Any]]:
+    def end_overdue(self, execution_id: str, status: str, error: str | None, now: float) -> bool:
+        values = rules.execution_end(status, error, rules.utc(now))
         e = executions
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                update(e).where(
+                    e.c.execution_id == execution_id, e.c.status.in_(ACTIVE_STATUSES), e.c.deadline_at < now
+                ).values(**values)
+            ).rowcount
+            if done:
+                conn.execute(delete(claims).where(claims.c.execution_id == execution_id))
+        return bool(done)
+
+    def sweep_candidates(
+        self, now: float, limit: int, after: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        e, s = executions, steps
+        query = select(*(e.c[name] for name in rules.SWEEP_FIELDS)).where(
+            e.c.status.in_(ACTIVE_STATUSES), e.c.deadline_at < now
+        )
+        if after is not None:
+            deadline, last_id = after
+            query = query.where(or_(
+                e.c.deadline_at > deadline, and_(e.c.deadline_at == deadline, e.c.execution_id > last_id)
+            ))
+        query = query.order_by(*(e.c[name] for name in rules.SWEEP_ORDER)).limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(e).where(e.c.status.in_(ACTIVE_STATUSES), e.c.started_at < started_before)
-                .order_by(e.c.started_at).limit(limit)
-            ).all()
-        return [rules.execution_dict(row._mapping) for row in rows]
+            rows = [row._mapping for row in conn.execute(query)]
+            ids = [row["execution_id"] for row in rows]
+            found = conn.execute(
+                select(s).where(s.c.execution_id.in_(ids)).order_by(*(s.c[name] for name in rules.STEP_ORDER))
+            ).all() if ids else []
+        return rules.sweep_candidates(rows, [step._mapping for step in found])
 
     def get_execution(self, execution_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -377,10 +452,12 @@ class SqlStore:
             rows = conn.execute(query).all()
         return [rules.execution_dict(row._mapping) for row in rows]
 
-    def prune_executions(self, completed_before: datetime, batch_size: int = 1000) -> int:
+    def prune_executions(
+        self, completed_before: datetime, batch_size: int = 1000, batches: int | None = None
+    ) -> int:
         e = executions
         total = 0
-        while True:
+        for _ in itertools.repeat(None) if batches is None else range(batches):
             with self.engine.begin() as conn:
                 ids = [r.execution_id for r in conn.execute(
                     select(e.c.execution_id)
@@ -388,9 +465,110 @@ class SqlStore:
                     .limit(batch_size)
                 )]
                 if not ids:
-                    return total
+                    break
                 total += conn.execute(delete(e).where(e.c.execution_id.in_(ids))).rowcount
+                conn.execute(delete(steps).where(steps.c.execution_id.in_(ids)))
+        return total
 
+
+class _StepEndQueries:
+    """:class:`cloaca_celery.store.StepEndQueries` in the transaction of ``conn``."""
+
+    def __init__(self, store: SqlStore, conn: Connection) -> None:
+        self.store, self.conn = store, conn
+
+    def locked_execution(self, execution_id: str) -> Any:
+        row = self.conn.execute(_LOCKED_EXECUTION, {"eid": execution_id}).first()
+        return None if row is None else row._mapping
+
+    def write_step(self, row: dict[str, Any], change: dict[str, Any]) -> None:
+        self.conn.execute(self.store._upsert_step, _step_params(row))  # sets the change's columns from row
+
+    def others_live(self, execution_id: str, task_id: str | None) -> bool:
+        query = _LIVE_STEP if task_id is None else _OTHER_LIVE_STEP
+        return self.conn.execute(query, {"eid": execution_id, "tid": task_id}).first() is not None
+
+    def write_execution(self, execution_id: str, change: rules.ExecutionChange) -> None:
+        if change.values:
+            e = executions
+            self.conn.execute(update(e).where(e.c.execution_id == execution_id).values(**change.values))
+        if change.ends:
+            self.conn.execute(delete(claims).where(claims.c.execution_id == execution_id))
+
+
+def _step_params(row: dict[str, Any]) -> dict[str, Any]:
+    """A step row (``rules.step_row``) as the parameters of :data:`_STEP_ROW`."""
+    return {f"step_{name}": value for name, value in row.items()}
+
+
+_STEP_ROW = {column.name: cast(bindparam(f"step_{column.name}"), column.type) for column in steps.columns}
+"""The values of a step row to insert, as parameters (prefixed: an INSERT reserves the column names)."""
+
+
+def _step_upsert(dialect: str) -> Any:
+    """Insert the step row of :data:`_STEP_ROW`, or set its ``STEP_CHANGE_FIELDS`` on its task's row."""
+    if dialect in ("postgresql", "sqlite"):
+        insert_row = (postgresql if dialect == "postgresql" else sqlite).insert(steps).values(**_STEP_ROW)
+        return _or_set_change(insert_row)
+    upsert = mysql.insert(steps).values(**_STEP_ROW)
+    return upsert.on_duplicate_key_update({name: upsert.inserted[name] for name in rules.STEP_CHANGE_FIELDS})
+
+
+def _or_set_change(upsert: Any) -> Any:
+    """``ON CONFLICT``: set the ``STEP_CHANGE_FIELDS`` of the existing row from the row proposed."""
+    change = {name: upsert.excluded[name] for name in rules.STEP_CHANGE_FIELDS}
+    return upsert.on_conflict_do_update(index_elements=[steps.c.task_id], set_=change)
+
+
+def _start_execution() -> Any:
+    """A step starts (``SqlStore.start_step``): the execution's conditional UPDATE."""
+    e, s = executions, steps
+    others_live = select(s.c.task_id).where(
+        s.c.execution_id == bindparam("eid"), s.c.task_id != bindparam("tid"), s.c.state.in_(LIVE_STEP_STATES)
+    ).exists()
+    lease: Any = bindparam("lease", type_=Double())
+    return update(e).where(
+        e.c.execution_id == bindparam("eid"), e.c.status.in_(ACTIVE_STATUSES), e.c.ending_status.is_(None)
+    ).values(
+        status="running", running_at=func.coalesce(e.c.running_at, bindparam("at", type_=UTCDateTime())),
+        deadline_at=case((and_(others_live, e.c.deadline_at > lease), e.c.deadline_at), else_=lease),
+    )
+
+
+def _start_step_postgresql() -> Any:
+    """``SqlStore.start_step`` in one statement: the execution's UPDATE feeds the step row's upsert."""
+    started = _START_EXECUTION.returning(executions.c.execution_id).cte("started")
+    source = select(*(
+        started.c.execution_id if name == "execution_id" else value for name, value in _STEP_ROW.items()
+    ))
+    insert_row = postgresql.insert(steps).from_select(list(_STEP_ROW), source)
+    return _or_set_change(insert_row).returning(steps.c.task_id)
+
+
+_START_EXECUTION = _start_execution()
+_START_STEP_POSTGRESQL = _start_step_postgresql()
+
+_LOCKED_EXECUTION = select(*(executions.c[name] for name in rules.ENDING_FIELDS)).where(
+    executions.c.execution_id == bindparam("eid"), executions.c.status.in_(ACTIVE_STATUSES)
+).with_for_update()
+"""An active execution's row, locked: see ``rules.StepEndQueries.locked_execution``."""
+
+_LIVE_STEP = select(steps.c.task_id).where(
+    steps.c.execution_id == bindparam("eid"), steps.c.state.in_(LIVE_STEP_STATES)
+).limit(1).with_for_update()
+"""A running or waiting step of an execution: a locking read, so the latest rows, whatever the
+transaction read before."""
+_OTHER_LIVE_STEP = _LIVE_STEP.where(steps.c.task_id != bindparam("tid"))
+
+_GIVEN_AND_ACTIVE = (
+    executions.c.execution_id.in_(bindparam("ids", expanding=True)), executions.c.status.in_(ACTIVE_STATUSES)
+)
+_GIVEN_ACTIVE = select(executions.c.execution_id).where(*_GIVEN_AND_ACTIVE)
+_RENEW = update(executions).where(*_GIVEN_AND_ACTIVE).values(deadline_at=case(
+    (executions.c.deadline_at > bindparam("until", type_=Double()), executions.c.deadline_at),
+    else_=bindparam("until", type_=Double()),
+))
+"""A heartbeat: ``deadline_at = max(deadline_at, until)`` of the active executions among ``ids``."""
 
 _POLL_ROW = select(*(schedules.c[name] for name in rules.POLL_ROW_FIELDS)).where(
     schedules.c.trigger_name == bindparam("name")

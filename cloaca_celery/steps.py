@@ -298,13 +298,14 @@ def connect(app: Celery, skip: frozenset[str]) -> None:
         if execution_id is None or runtime is None:
             return
         at = datetime.now(timezone.utc)
+        lease_until = at.timestamp() + runtime.settings.claim_grace
         if task.request.is_eager:
             # Run in the caller's thread (tests, DefaultRunner): no write behind its back.
-            runtime.store.mark_running(execution_id, at)
+            runtime.store.start_step(execution_id, task_id, at.timestamp(), lease_until)
             return
         # Recorded beside the step, not before it: the step does not wait for the store.
         store = runtime.store
-        deferred.defer(lambda: store.mark_running(execution_id, at),
+        deferred.defer(lambda: store.start_step(execution_id, task_id, at.timestamp(), lease_until),
                        f"execution {execution_id}: start of its step")
 
     def on_task_postrun(task_id: str = "", **_: Any) -> None:

@@ -9,19 +9,20 @@ poll writes; the argument checks, field lists and truncation limits); each
 store keeps only its queries.
 
 Scheduling times that the database compares and adds (``next_poll_at``,
-lease expiry) are epoch seconds (floats); times shown to people are
-timezone-aware UTC datetimes.
+poll leases, an execution's ``deadline_at``, its steps' times) are epoch
+seconds (floats); the deadlines of executions are on the store's clock
+(:meth:`Store.now`). Times shown to people are timezone-aware UTC datetimes.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import UnknownTriggerError
+from .errors import ConfigurationError, UnknownTriggerError
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,12 @@ def lease_refusal(
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("succeeded", "failed", "revoked", "lost")
 STATUSES = ACTIVE_STATUSES + FINAL_STATUSES
+ENDING_STATUSES = ("failed", "revoked")
+"""The final statuses a step may request while other steps of its execution still run."""
+
+LIVE_STEP_STATES = ("running", "waiting")
+"""A step row in one of these states can still run: its execution must not end yet."""
+STEP_STATES = (*LIVE_STEP_STATES, "done")
 
 
 @dataclass(frozen=True)
@@ -234,18 +241,70 @@ class Store(Protocol):
     def list_schedules(self) -> list[dict[str, Any]]:
         ...
 
-    def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
-        """Write the execution row (status ``queued``), claiming (trigger, hash) first.
+    def now(self) -> float:
+        """The database's clock, in epoch seconds: the one clock every deadline is judged by.
 
-        With ``claim_until`` (a non-concurrent trigger) the claim is taken
-        atomically: if another live execution holds it, nothing is written
-        and ``False`` is returned. A claim past its expiry, or whose execution
-        has ended, is taken over. Claim and row are written in one transaction.
+        Workers, beats and sweeps on several hosts compare deadlines written by
+        each other; taking ``now`` from the database means no two hosts' wall
+        clocks are ever compared.
         """
         ...
 
-    def mark_running(self, execution_id: str, at: datetime) -> bool:
-        """``queued`` becomes ``running`` (the first step started)."""
+    def record_fire(self, execution: NewExecution, *, claim: bool, now: float, deadline: float) -> bool:
+        """Write the execution row (status ``queued``, ``deadline_at = deadline``), claiming first.
+
+        With ``claim`` (a non-concurrent trigger) the (trigger, context hash)
+        claim is taken atomically: if an active execution holds it, nothing is
+        written and ``False`` is returned. Claims never expire by time: a claim
+        whose execution is no longer active (ended, or missing) is taken over,
+        from that holder only. Claim and row are written in one transaction.
+        """
+        ...
+
+    def start_step(self, execution_id: str, task_id: str, now: float, lease_until: float) -> bool:
+        """A step starts: the fencing answer, and its lease (all times on the store's clock).
+
+        If the execution is active and no end is pending (``ending_status``),
+        it becomes ``running`` (``running_at`` set once), its deadline becomes
+        ``lease_until`` (kept if later while other steps of it are live), and
+        the step's row becomes ``running``; ``True``. Otherwise (ended,
+        ending, missing) nothing is written and the step must not run: ``False``.
+        On PostgreSQL this is one statement.
+        """
+        ...
+
+    def end_step(
+        self, execution_id: str, task_id: str, now: float, idle_until: float,
+        retry_until: float | None = None,
+    ) -> bool:
+        """A step ended (``done``), or waits to retry until ``retry_until`` (``waiting``).
+
+        A waiting step raises the deadline to ``retry_until``. When no step of
+        the execution is left running or waiting, a pending end
+        (:meth:`request_end`) ends it now (``True``); otherwise its deadline
+        becomes ``idle_until`` (the next step waits in the broker). A missing
+        step row is created. An execution that is not active is left alone.
+        """
+        ...
+
+    def renew_leases(self, execution_ids: Collection[str], until: float) -> set[str]:
+        """Heartbeat: ``deadline_at = max(deadline_at, until)`` of the active executions among the ids.
+
+        One UPDATE for all of them; returns the given ids that are not active
+        (ended or missing), whose steps should stop.
+        """
+        ...
+
+    def request_end(
+        self, execution_id: str, status: str, error: str | None, now: float, task_id: str | None = None
+    ) -> bool:
+        """A step reports ``failed`` or ``revoked`` (its own row, ``task_id``, becomes ``done`` first).
+
+        If no other step of the execution is running or waiting it ends now,
+        like :meth:`finish_execution` (``True``); otherwise the end waits for
+        them (``ending_status``, ``error``: the first request wins) and no new
+        step of it starts (``False``).
+        """
         ...
 
     def finish_execution(self, execution_id: str, status: str, error: str | None, at: datetime) -> bool:
@@ -255,8 +314,22 @@ class Store(Protocol):
         """
         ...
 
-    def active_executions(self, started_before: datetime, limit: int) -> list[dict[str, Any]]:
-        """Queued or running executions that started before ``started_before``, oldest first."""
+    def sweep_candidates(
+        self, now: float, limit: int, after: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Active executions whose deadline passed (``deadline_at < now``), by (deadline, id).
+
+        Paged by keyset: ``after`` is the (``deadline_at``, ``execution_id``)
+        of the last one of the previous page. Each is the execution's dict with
+        ``deadline_at``, ``ending_status`` and ``steps`` (their rows, oldest first).
+        """
+        ...
+
+    def end_overdue(self, execution_id: str, status: str, error: str | None, now: float) -> bool:
+        """End an execution the sweep found overdue, only if it is still active and overdue.
+
+        A step that started or renewed its lease meanwhile wins: ``False``.
+        """
         ...
 
     def get_execution(self, execution_id: str) -> dict[str, Any]:
@@ -269,8 +342,14 @@ class Store(Protocol):
         """A trigger's executions, newest first."""
         ...
 
-    def prune_executions(self, completed_before: datetime, batch_size: int = 1000) -> int:
-        """Delete ended executions completed before the given time, in batches; return the count."""
+    def prune_executions(
+        self, completed_before: datetime, batch_size: int = 1000, batches: int | None = None
+    ) -> int:
+        """Delete ended executions completed before the given time, and their steps; return the count.
+
+        In batches of ``batch_size``, each one transaction; at most ``batches``
+        of them (``None``: until none is left).
+        """
         ...
 
     def get_schedule(self, name: str) -> dict[str, Any]:
@@ -317,6 +396,28 @@ POLL_ROW_FIELDS = (
 
 DUE_FIELDS = ("trigger_name", "poll_interval", "next_poll_at", "consecutive_errors")
 """What a claim of due polls reads of each row it takes (see :func:`due_poll`)."""
+
+SWEEP_FIELDS = (*EXECUTION_FIELDS, "deadline_at", "ending_status")
+"""The columns of an execution row that :meth:`Store.sweep_candidates` reads."""
+
+SWEEP_ORDER = ("deadline_at", "execution_id")
+"""The order (and keyset) of :meth:`Store.sweep_candidates`."""
+
+STEP_FIELDS = ("task_id", "state", "started_at", "updated_at", "waiting_until")
+"""The columns of a step row given to callers (in a sweep candidate's ``steps``)."""
+
+STEP_ORDER = ("execution_id", "started_at", "task_id")
+"""The order the steps of sweep candidates are read in."""
+
+ENDING_FIELDS = ("ending_status", "deadline_at")
+"""What :func:`after_step_end` and :func:`after_end_request` read of the (locked) execution row."""
+
+CLOCK_QUERIES = {
+    "postgresql": "SELECT extract(epoch from clock_timestamp())",
+    "mysql": "SELECT UNIX_TIMESTAMP(NOW(6))",
+    "sqlite": "SELECT (julianday('now') - 2440587.5) * 86400.0",
+}
+"""The query of :meth:`Store.now` on each database (the database's own clock, epoch seconds)."""
 
 
 class Row(Protocol):
@@ -509,13 +610,14 @@ def execution_dict(row: Row) -> dict[str, Any]:
     return data
 
 
-def execution_row(execution: NewExecution) -> dict[str, Any]:
-    """The row :meth:`Store.record_fire` inserts: the fire, ``queued``."""
+def execution_row(execution: NewExecution, deadline: float) -> dict[str, Any]:
+    """The row :meth:`Store.record_fire` inserts: the fire, ``queued``, looked at by ``deadline``."""
     return {
         "execution_id": execution.execution_id, "trigger_name": execution.trigger_name,
         "workflow": execution.workflow, "context": execution.context,
         "context_hash": execution.context_hash, "status": "queued",
         "task_ids": list(execution.task_ids), "started_at": execution.started_at,
+        "deadline_at": deadline,
     }
 
 
@@ -529,25 +631,207 @@ def claim_key(trigger_name: str, context_hash: str) -> str:
     return f"{trigger_name}\x1f{context_hash}"
 
 
-def claim_holder(execution: NewExecution, claim_until: float, now: float) -> dict[str, Any]:
-    """The values that make ``execution`` the holder of its claim, until ``claim_until``."""
-    return {"execution_id": execution.execution_id, "claimed_at": now, "expires_at": claim_until}
+def claim_holder(execution: NewExecution, now: float) -> dict[str, Any]:
+    """The values that make ``execution`` the holder of its claim (until the execution ends)."""
+    return {"execution_id": execution.execution_id, "claimed_at": now}
 
 
-def claim_row(execution: NewExecution, claim_until: float, now: float) -> dict[str, Any]:
+def claim_row(execution: NewExecution, now: float) -> dict[str, Any]:
     """A new claim row: the (trigger, context hash) of ``execution``, held by it."""
     return {
         "claim_key": claim_key(execution.trigger_name, execution.context_hash),
         "trigger_name": execution.trigger_name, "context_hash": execution.context_hash,
-        **claim_holder(execution, claim_until, now),
+        **claim_holder(execution, now),
     }
 
 
 def execution_end(status: str, error: str | None, at: datetime) -> dict[str, Any]:
-    """The values :meth:`Store.finish_execution` sets (``status`` must be final)."""
+    """The values that end an execution now (``status`` must be final): no deadline, no pending end.
+
+    Every way of ending one writes these with a condition that the row is
+    still active, and deletes its claim in the same transaction.
+    """
     check_final_status(status)
-    return {"status": status, "completed_at": at,
-            "error": None if error is None else error[:EXECUTION_ERROR_LIMIT]}
+    return {"status": status, "completed_at": at, "error": _execution_error(error),
+            "deadline_at": None, "ending_status": None}
+
+
+def _execution_error(error: str | None) -> str | None:
+    return None if error is None else error[:EXECUTION_ERROR_LIMIT]
+
+
+def later(deadline: float | None, until: float) -> float:
+    """The later of a deadline (``None``: none yet) and ``until``."""
+    return until if deadline is None else max(float(deadline), until)
+
+
+# -- steps, leases and the deadline rule ------------------------------------------------
+
+
+STEP_CHANGE_FIELDS = ("state", "updated_at", "waiting_until")
+"""The columns of a step row that :func:`step_change` sets (``started_at`` is kept)."""
+
+
+def step_change(now: float, state: str = "running", waiting_until: float | None = None) -> dict[str, Any]:
+    """What a step's start (``running``) or end (``done``, ``waiting``) sets on its row
+    (:data:`STEP_CHANGE_FIELDS`).
+
+    A row that exists keeps its ``started_at``; a new one gets :func:`step_row`.
+    """
+    return {"state": state, "updated_at": now, "waiting_until": waiting_until}
+
+
+def step_end_change(now: float, retry_until: float | None) -> dict[str, Any]:
+    """The row of a step that ended: ``done``, or ``waiting`` until ``retry_until``."""
+    if retry_until is None:
+        return step_change(now, "done")
+    return step_change(now, "waiting", retry_until)
+
+
+def step_row(execution_id: str, task_id: str, now: float, change: dict[str, Any]) -> dict[str, Any]:
+    """A new step row carrying ``change`` (from :func:`step_change`), started at ``now``."""
+    return {"task_id": task_id, "execution_id": execution_id, "started_at": now, **change}
+
+
+@dataclass(frozen=True)
+class ExecutionChange:
+    """What a step's end writes on its execution row, decided on the row read under its lock.
+
+    ``values`` to set (none: nothing to write); with ``ends`` they end the
+    execution, and its claim is deleted in the same transaction.
+    """
+
+    values: dict[str, Any]
+    ends: bool = False
+
+
+def _pending_end(now: float) -> dict[str, Any]:
+    """End with the requested ``ending_status`` (the caller sets ``status`` to it) and its error."""
+    return {"completed_at": utc(now), "deadline_at": None, "ending_status": None}
+
+
+def after_step_end(
+    row: Row, others_live: bool, now: float, idle_until: float, retry_until: float | None
+) -> ExecutionChange:
+    """:meth:`Store.end_step` on an active execution (its :data:`ENDING_FIELDS`).
+
+    ``others_live``: another step row of it is ``running`` or ``waiting``.
+    A step waiting to retry keeps it alive until ``retry_until`` at least;
+    the last live step's end either ends it with a pending end or leaves it
+    idle until ``idle_until``.
+    """
+    if retry_until is not None:
+        return ExecutionChange({"deadline_at": later(row["deadline_at"], retry_until)})
+    if others_live:
+        return ExecutionChange({})
+    if row["ending_status"] is not None:
+        return ExecutionChange({**_pending_end(now), "status": row["ending_status"]}, ends=True)
+    return ExecutionChange({"deadline_at": idle_until})
+
+
+def after_end_request(
+    row: Row, others_live: bool, status: str, error: str | None, now: float
+) -> ExecutionChange:
+    """:meth:`Store.request_end` on an active execution (its :data:`ENDING_FIELDS`).
+
+    With other live steps the end waits (the first request's status and error
+    are kept); without, it ends now, with the pending end if there was one.
+    """
+    check_ending_status(status)
+    pending = row["ending_status"]
+    if others_live:
+        return ExecutionChange({} if pending else {"ending_status": status, "error": _execution_error(error)})
+    if pending is not None:
+        return ExecutionChange({**_pending_end(now), "status": pending}, ends=True)
+    return ExecutionChange(execution_end(status, error, utc(now)), ends=True)
+
+
+class StepEndQueries(Protocol):
+    """A store's queries for :func:`end_step` and :func:`request_end`, all in one transaction."""
+
+    def locked_execution(self, execution_id: str) -> Row | None:
+        """The :data:`ENDING_FIELDS` of the execution if it is active (``None`` if not), its row
+        locked until the transaction ends: every writer of an execution's steps locks it first."""
+        ...
+
+    def write_step(self, row: dict[str, Any], change: dict[str, Any]) -> None:
+        """Insert the step ``row`` (:func:`step_row`), or set ``change`` on its task's existing row."""
+        ...
+
+    def others_live(self, execution_id: str, task_id: str | None) -> bool:
+        """Whether a step row of the execution other than ``task_id``'s is running or waiting
+        (read after the lock: the latest rows)."""
+        ...
+
+    def write_execution(self, execution_id: str, change: ExecutionChange) -> None:
+        """Set ``change.values`` on the execution row; with ``change.ends`` delete its claim too."""
+        ...
+
+
+def end_step(
+    queries: StepEndQueries, execution_id: str, task_id: str, now: float, idle_until: float,
+    retry_until: float | None,
+) -> bool:
+    """:meth:`Store.end_step`, on a store's queries in one transaction."""
+    return _after_step(
+        queries, execution_id, task_id, now, step_end_change(now, retry_until),
+        lambda execution, others_live: after_step_end(execution, others_live, now, idle_until, retry_until),
+    )
+
+
+def request_end(
+    queries: StepEndQueries, execution_id: str, status: str, error: str | None, now: float,
+    task_id: str | None,
+) -> bool:
+    """:meth:`Store.request_end`, on a store's queries in one transaction."""
+    check_ending_status(status)
+    return _after_step(
+        queries, execution_id, task_id, now, step_end_change(now, None),
+        lambda execution, others_live: after_end_request(execution, others_live, status, error, now),
+    )
+
+
+def _after_step(
+    queries: StepEndQueries, execution_id: str, task_id: str | None, now: float, change: dict[str, Any],
+    decide: Callable[[Row, bool], ExecutionChange],
+) -> bool:
+    """Lock the execution (nothing happens if it is not active), write the step's row (if a step is
+    named), and write on the execution what ``decide`` says from the row and the other live steps."""
+    execution = queries.locked_execution(execution_id)
+    if execution is None:
+        return False
+    if task_id is not None:
+        queries.write_step(step_row(execution_id, task_id, now, change), change)
+    ending = decide(execution, queries.others_live(execution_id, task_id))
+    queries.write_execution(execution_id, ending)
+    return ending.ends
+
+
+def sweep_candidates(rows: Iterable[Row], steps: Iterable[Row]) -> list[dict[str, Any]]:
+    """The dicts of :meth:`Store.sweep_candidates`: execution rows (:data:`SWEEP_FIELDS`) in
+    their order, each with its ``steps`` (rows of :data:`STEP_FIELDS` and ``execution_id``)."""
+    by_execution: dict[str, list[dict[str, Any]]] = {}
+    for step in steps:
+        by_execution.setdefault(step["execution_id"], []).append({
+            "task_id": step["task_id"], "state": step["state"], "started_at": float(step["started_at"]),
+            "updated_at": float(step["updated_at"]),
+            "waiting_until": None if step["waiting_until"] is None else float(step["waiting_until"]),
+        })
+    return [
+        {**execution_dict(row), "deadline_at": float(row["deadline_at"]),
+         "ending_status": row["ending_status"], "steps": by_execution.get(row["execution_id"], [])}
+        for row in rows
+    ]
+
+
+def clock_query(vendor: str) -> str:
+    """The SQL of :meth:`Store.now` on a database (``postgresql``, ``mysql``/``mariadb``, ``sqlite``)."""
+    query = CLOCK_QUERIES.get("mysql" if vendor == "mariadb" else vendor)
+    if query is None:
+        raise ConfigurationError(
+            f"cloaca cannot read the clock of a {vendor!r} database: use PostgreSQL, MySQL/MariaDB or SQLite"
+        )
+    return query
 
 
 # -- argument checks and errors -----------------------------------------------------
@@ -557,6 +841,13 @@ def check_final_status(status: str) -> None:
     if status not in FINAL_STATUSES:
         raise ValueError(
             f"finish_execution: {status!r} is not a final status ({', '.join(FINAL_STATUSES)})"
+        )
+
+
+def check_ending_status(status: str) -> None:
+    if status not in ENDING_STATUSES:
+        raise ValueError(
+            f"request_end: {status!r} is not a status a step may request ({', '.join(ENDING_STATUSES)})"
         )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery, states
@@ -136,7 +136,7 @@ def sweep(app: Celery, settings: Settings, store: Store, now: datetime | None = 
     fixed_now = now
     now = now or datetime.now(timezone.utc)
     try:
-        candidates = store.active_executions(now - timedelta(seconds=settings.claim_grace), SWEEP_BATCH)
+        candidates = store.sweep_candidates(now.timestamp(), SWEEP_BATCH)
     except Exception as exc:  # noqa: BLE001 - asked again at the next sweep
         log_throttled(logger, "sweep-store", logging.WARNING,
                       "sweep: the store is unreachable (%s); trying again next sweep", type(exc).__name__)

@@ -4,8 +4,8 @@ The tables have the names, columns, keys and indexes of
 ``cloaca_celery.sqlschema`` (the few differences the two toolkits cannot avoid
 are listed in ``docs/design.md``), so that the engine, the admin and ``celery
 -A proj cloaca`` all read one history. Scheduling instants the database
-compares and adds (``next_poll_at``, lease and claim expiry) are epoch
-seconds; times for people are aware datetimes.
+compares and adds (``next_poll_at``, poll leases, an execution's deadline,
+its steps' times) are epoch seconds; times for people are aware datetimes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import models
 
-from cloaca_celery.store import EXECUTION_FIELDS
+from cloaca_celery.store import EXECUTION_FIELDS, STEP_STATES
 
 STATUS_CHOICES = [
     ("queued", "queued"),
@@ -87,6 +87,12 @@ class TriggerExecution(models.Model):
     running_at = models.DateTimeField(null=True, blank=True, help_text="when the first step began")
     completed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)
+    deadline_at = models.FloatField(
+        null=True, blank=True, help_text="epoch seconds on the database's clock: when the sweep looks at it"
+    )
+    ending_status = models.CharField(
+        max_length=16, null=True, blank=True, help_text="an end requested while other steps still ran"
+    )
 
     class Meta:
         db_table = "cloaca_executions"
@@ -98,6 +104,7 @@ class TriggerExecution(models.Model):
             models.Index(fields=["trigger_name", "started_at"], name="ix_cloaca_executions_trigger"),
             models.Index(fields=["status", "started_at"], name="ix_cloaca_executions_status"),
             models.Index(fields=["started_at"], name="ix_cloaca_executions_started"),
+            models.Index(fields=["status", "deadline_at"], name="ix_cloaca_executions_deadline"),
         ]
 
     def __str__(self) -> str:
@@ -113,8 +120,30 @@ class TriggerExecution(models.Model):
         return {f: getattr(self, f) for f in EXECUTION_FIELDS}
 
 
+class TriggerStep(models.Model):
+    """A step task of an execution that started: ``running``, ``waiting`` (to retry) or ``done``.
+
+    Deleted with its execution when history is pruned (no foreign key: the
+    tables stay the same as the SQL store's)."""
+
+    task_id = models.CharField(max_length=255, primary_key=True)
+    execution_id = models.CharField(max_length=36)
+    state = models.CharField(max_length=8, choices=[(state, state) for state in STEP_STATES])
+    started_at = models.FloatField(help_text="epoch seconds")
+    updated_at = models.FloatField(help_text="epoch seconds")
+    waiting_until = models.FloatField(null=True, blank=True, help_text="epoch seconds")
+
+    class Meta:
+        db_table = "cloaca_steps"
+        verbose_name = "step"
+        indexes = [models.Index(fields=["execution_id"], name="ix_cloaca_steps_execution")]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} {self.state}"
+
+
 class TriggerClaim(models.Model):
-    """A (trigger, context hash) that an active execution holds.
+    """A (trigger, context hash) that an active execution holds, until it ends.
 
     Its primary key is ``claim_key`` (``cloaca_celery.store.claim_key``:
     ``"<trigger>\\x1f<hash>"``), one column because Django before 5.2 has no
@@ -125,7 +154,6 @@ class TriggerClaim(models.Model):
     context_hash = models.CharField(max_length=64)
     execution_id = models.CharField(max_length=36)
     claimed_at = models.FloatField()
-    expires_at = models.FloatField()
 
     class Meta:
         db_table = "cloaca_claims"

@@ -8,23 +8,32 @@ of due polls use ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has
 it; elsewhere (SQLite) each row is claimed by an update guarded by the value
 it was read with, so concurrent dispatchers still split the rows instead of
 doubling them.
+
+A step's start is a conditional ``UPDATE`` of its execution then the upsert
+of its row, in one transaction. A step's end and a requested end first lock
+the execution's row by writing its status over itself (SQLite has no row
+locks: the write takes its write lock before anything is read), so sibling
+steps ending together take turns and each sees the others' rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models import Case, DateTimeField, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.db.models.functions import Coalesce
 from django.db.models.lookups import GreaterThan
 
 from cloaca_celery import store as rules
 from cloaca_celery.errors import ConfigurationError
 from cloaca_celery.store import DuePoll, NewExecution, PollLease, PollOutcome, PollRefusal, TriggerSpec
 
-from .models import TriggerClaim, TriggerExecution, TriggerSchedule
+from .models import TriggerClaim, TriggerExecution, TriggerSchedule, TriggerStep
 
 SCHEDULE_ROW = (*rules.SCHEDULE_FIELDS, "next_poll_at")
 claim_key = rules.claim_key
@@ -34,6 +43,12 @@ class DjangoStore:
     """Schedules, executions and claims through the Django ORM."""
 
     def __init__(self, using: str | None = None) -> None:
+        if not settings.USE_TZ:
+            raise ConfigurationError(
+                "django_cloaca needs USE_TZ = True (cloaca stores timezone-aware UTC times): with "
+                "USE_TZ = False Django would read and write them as naive local times, and the ages "
+                "and ends of executions would be wrong. Set USE_TZ = True in the Django settings."
+            )
         self.using = using or router.db_for_write(TriggerSchedule)
         self.url = f"django database {self.using!r}"
 
@@ -43,7 +58,7 @@ class DjangoStore:
 
     def ensure_schema(self) -> None:
         tables = set(connections[self.using].introspection.table_names())
-        missing = {"cloaca_schedules", "cloaca_executions", "cloaca_claims"} - tables
+        missing = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"} - tables
         if missing:
             raise ConfigurationError(
                 f"the django_cloaca tables {', '.join(sorted(missing))} do not exist in "
@@ -158,51 +173,150 @@ class DjangoStore:
 
     # -- executions and claims ------------------------------------------------
 
-    def record_fire(self, execution: NewExecution, claim_until: float | None, now: float) -> bool:
-        claims = TriggerClaim.objects.using(self.using)
+    def now(self) -> float:
+        connection = connections[self.using]
+        with connection.cursor() as cursor:
+            cursor.execute(rules.clock_query(connection.vendor))
+            return float(cursor.fetchone()[0])
+
+    def record_fire(self, execution: NewExecution, *, claim: bool, now: float, deadline: float) -> bool:
         with transaction.atomic(using=self.using):
-            if claim_until is not None:
-                new_claim = rules.claim_row(execution, claim_until, now)
-                key = new_claim["claim_key"]
-                try:
-                    with transaction.atomic(using=self.using):
-                        claims.create(**new_claim)
-                except IntegrityError:
-                    holder = claims.filter(pk=key).values_list("execution_id", flat=True).first()
-                    if holder is None:
-                        return False  # released meanwhile: this poll lost the race, the next one may win
-                    alive = TriggerExecution.objects.using(self.using).filter(
-                        execution_id=OuterRef("execution_id"), status__in=rules.ACTIVE_STATUSES
-                    )
-                    # The holder's id in the WHERE makes concurrent takeovers exclusive: after the
-                    # first commits, the row no longer matches (a sub-select alone would be judged
-                    # on the old snapshot by PostgreSQL's re-check).
-                    taken = claims.filter(pk=key, execution_id=holder).filter(
-                        Q(expires_at__lt=now) | ~Exists(alive)
-                    ).update(**rules.claim_holder(execution, claim_until, now))
-                    if not taken:
-                        return False
-            TriggerExecution.objects.using(self.using).create(**rules.execution_row(execution))
+            if claim and not self._claim(execution, now):
+                return False
+            self._executions.create(**rules.execution_row(execution, deadline))
         return True
 
-    def mark_running(self, execution_id: str, at: datetime) -> bool:
-        return bool(TriggerExecution.objects.using(self.using).filter(
-            pk=execution_id, status="queued").update(status="running", running_at=at))
+    @property
+    def _executions(self) -> QuerySet[TriggerExecution]:
+        return TriggerExecution.objects.using(self.using)
+
+    def _claim(self, execution: NewExecution, now: float) -> bool:
+        """Take the (trigger, context hash) claim, from a holder whose execution is no longer active."""
+        claims = TriggerClaim.objects.using(self.using)
+        new_claim = rules.claim_row(execution, now)
+        key = new_claim["claim_key"]
+        try:
+            with transaction.atomic(using=self.using):
+                claims.create(**new_claim)
+            return True
+        except IntegrityError:
+            pass
+        holder = claims.filter(pk=key).values_list("execution_id", flat=True).first()
+        if holder is None:
+            return False  # released meanwhile: this poll lost the race, the next one may win
+        alive = self._executions.filter(pk=OuterRef("execution_id"), status__in=rules.ACTIVE_STATUSES)
+        # The holder's id in the WHERE makes concurrent takeovers exclusive: after the first
+        # commits, the row no longer matches (a sub-select alone would be judged on the old
+        # snapshot by PostgreSQL's re-check).
+        taken = claims.filter(pk=key, execution_id=holder).filter(~Exists(alive)).update(
+            **rules.claim_holder(execution, now)
+        )
+        return bool(taken)
+
+    def start_step(self, execution_id: str, task_id: str, now: float, lease_until: float) -> bool:
+        others_live = self._steps.filter(execution_id=execution_id, state__in=rules.LIVE_STEP_STATES).exclude(
+            pk=task_id
+        )
+        deadline = Case(
+            When(Exists(others_live), deadline_at__gt=lease_until, then=F("deadline_at")),
+            default=Value(lease_until),
+        )
+        change = rules.step_change(now)
+        with transaction.atomic(using=self.using):
+            started = self._executions.filter(
+                pk=execution_id, status__in=rules.ACTIVE_STATUSES, ending_status__isnull=True
+            ).update(
+                status="running", deadline_at=deadline,
+                running_at=Coalesce(F("running_at"), Value(rules.utc(now), output_field=DateTimeField())),
+            )
+            if not started:
+                return False
+            self.write_step(rules.step_row(execution_id, task_id, now, change), change)
+        return True
+
+    @property
+    def _steps(self) -> QuerySet[TriggerStep]:
+        return TriggerStep.objects.using(self.using)
+
+    # The queries of rules.StepEndQueries, run inside the transaction of end_step and request_end.
+
+    def locked_execution(self, execution_id: str) -> dict[str, Any] | None:
+        """The row is locked by writing its status over itself: SQLite has no row locks, and
+        a transaction there must write first to take the write lock before it reads."""
+        active = self._executions.filter(pk=execution_id, status__in=rules.ACTIVE_STATUSES)
+        if not active.update(status=F("status")):
+            return None
+        return active.values(*rules.ENDING_FIELDS).first()
+
+    def write_step(self, row: dict[str, Any], change: dict[str, Any]) -> None:
+        targeted = connections[self.using].features.supports_update_conflicts_with_target
+        self._steps.bulk_create(
+            [TriggerStep(**row)], update_conflicts=True, update_fields=list(change),
+            unique_fields=["task_id"] if targeted else None,
+        )
+
+    def others_live(self, execution_id: str, task_id: str | None) -> bool:
+        live = self._steps.filter(execution_id=execution_id, state__in=rules.LIVE_STEP_STATES)
+        return (live if task_id is None else live.exclude(pk=task_id)).exists()
+
+    def write_execution(self, execution_id: str, change: rules.ExecutionChange) -> None:
+        if change.values:
+            self._executions.filter(pk=execution_id).update(**change.values)
+        if change.ends:
+            TriggerClaim.objects.using(self.using).filter(execution_id=execution_id).delete()
+
+    def end_step(
+        self, execution_id: str, task_id: str, now: float, idle_until: float,
+        retry_until: float | None = None,
+    ) -> bool:
+        with transaction.atomic(using=self.using):
+            return rules.end_step(self, execution_id, task_id, now, idle_until, retry_until)
+
+    def request_end(
+        self, execution_id: str, status: str, error: str | None, now: float, task_id: str | None = None
+    ) -> bool:
+        with transaction.atomic(using=self.using):
+            return rules.request_end(self, execution_id, status, error, now, task_id)
+
+    def renew_leases(self, execution_ids: Collection[str], until: float) -> set[str]:
+        ids = set(execution_ids)
+        if not ids:
+            return set()
+        given_active = self._executions.filter(pk__in=ids, status__in=rules.ACTIVE_STATUSES)
+        renewed = Case(When(deadline_at__gt=until, then=F("deadline_at")), default=Value(until))
+        given_active.update(deadline_at=renewed)
+        return ids - set(given_active.values_list("pk", flat=True))
 
     def finish_execution(self, execution_id: str, status: str, error: str | None, at: datetime) -> bool:
         values = rules.execution_end(status, error, at)
         with transaction.atomic(using=self.using):
-            done = TriggerExecution.objects.using(self.using).filter(
-                pk=execution_id, status__in=rules.ACTIVE_STATUSES
-            ).update(**values)
+            done = self._executions.filter(pk=execution_id, status__in=rules.ACTIVE_STATUSES).update(**values)
             TriggerClaim.objects.using(self.using).filter(execution_id=execution_id).delete()
         return bool(done)
 
-    def active_executions(self, started_before: datetime, limit: int) -> list[dict[str, Any]]:
-        rows = TriggerExecution.objects.using(self.using).filter(
-            status__in=rules.ACTIVE_STATUSES, started_at__lt=started_before
-        ).order_by("started_at").values(*rules.EXECUTION_FIELDS)[:limit]
-        return [rules.execution_dict(row) for row in rows]
+    def end_overdue(self, execution_id: str, status: str, error: str | None, now: float) -> bool:
+        values = rules.execution_end(status, error, rules.utc(now))
+        with transaction.atomic(using=self.using):
+            done = self._executions.filter(
+                pk=execution_id, status__in=rules.ACTIVE_STATUSES, deadline_at__lt=now
+            ).update(**values)
+            if done:
+                TriggerClaim.objects.using(self.using).filter(execution_id=execution_id).delete()
+        return bool(done)
+
+    def sweep_candidates(
+        self, now: float, limit: int, after: tuple[float, str] | None = None
+    ) -> list[dict[str, Any]]:
+        overdue = self._executions.filter(status__in=rules.ACTIVE_STATUSES, deadline_at__lt=now)
+        if after is not None:
+            deadline, last_id = after
+            overdue = overdue.filter(Q(deadline_at__gt=deadline) | Q(deadline_at=deadline, pk__gt=last_id))
+        rows = list(overdue.order_by(*rules.SWEEP_ORDER).values(*rules.SWEEP_FIELDS)[:limit])
+        ids = [row["execution_id"] for row in rows]
+        found = self._steps.filter(execution_id__in=ids).order_by(*rules.STEP_ORDER).values(
+            *rules.STEP_FIELDS, "execution_id"
+        ) if ids else []
+        return rules.sweep_candidates(rows, found)
 
     def get_execution(self, execution_id: str) -> dict[str, Any]:
         row = TriggerExecution.objects.using(self.using).filter(pk=execution_id).values(
@@ -224,16 +338,19 @@ class DjangoStore:
         page = rows[start:start + limit] if limit is not None else rows[start:]
         return [rules.execution_dict(row) for row in page.values(*rules.EXECUTION_FIELDS)]
 
-    def prune_executions(self, completed_before: datetime, batch_size: int = 1000) -> int:
+    def prune_executions(
+        self, completed_before: datetime, batch_size: int = 1000, batches: int | None = None
+    ) -> int:
         total = 0
-        rows = TriggerExecution.objects.using(self.using)
-        while True:
-            ids = list(rows.filter(status__in=rules.FINAL_STATUSES, completed_at__lt=completed_before)
-                       .values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                return total
-            deleted, _ = rows.filter(pk__in=ids).delete()
-            total += deleted
+        ended = self._executions.filter(status__in=rules.FINAL_STATUSES, completed_at__lt=completed_before)
+        for _ in itertools.repeat(None) if batches is None else range(batches):
+            with transaction.atomic(using=self.using):
+                ids = list(ended.values_list("pk", flat=True)[:batch_size])
+                if not ids:
+                    break
+                total += self._executions.filter(pk__in=ids).delete()[0]
+                self._steps.filter(execution_id__in=ids).delete()
+        return total
 
 
 def _lease_free(now: float) -> Q:

@@ -95,7 +95,7 @@ def test_history_lists_newest_first_with_limit_and_status(cli) -> None:  # type:
             eid = str(uuid.uuid4())
             ids.append(eid)
             store.record_fire(NewExecution(eid, "always_fires", "cli_workflow", {"n": i}, f"h{i}", [eid],
-                                           base + timedelta(minutes=i)), None, 0.0)
+                                           base + timedelta(minutes=i)), claim=False, now=0.0, deadline=600.0)
             store.finish_execution(eid, status, "ValueError: bad row" if status == "failed" else None,
                                    base + timedelta(minutes=i, seconds=5))
     finally:
@@ -126,7 +126,8 @@ def test_check_migrate_and_prune(cli) -> None:  # type: ignore[no-untyped-def]
     try:
         old = datetime.now(timezone.utc) - timedelta(days=40)
         eid = str(uuid.uuid4())
-        store.record_fire(NewExecution(eid, "always_fires", "cli_workflow", {}, "h", [eid], old), None, 0.0)
+        store.record_fire(NewExecution(eid, "always_fires", "cli_workflow", {}, "h", [eid], old),
+                          claim=False, now=0.0, deadline=600.0)
         store.finish_execution(eid, "succeeded", None, old)
         done = cli("prune", "--older-than", "30d")
         assert done.returncode == 0 and done.stdout.startswith("deleted 1 execution(s)")

@@ -14,15 +14,21 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import Connection, Engine, event, inspect, text
 
 from cloaca_celery.migrations import VERSION_TABLE, alembic_config, current_revision, head_revision, upgrade
 from cloaca_celery.sqlschema import metadata
 from cloaca_celery.sqlstore import SqlStore
-from cloaca_celery.store import NewExecution, claim_key
+from cloaca_celery.store import ACTIVE_STATUSES, NewExecution, claim_key
 from tests.contract.conftest import Backend
 
-CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims"}
+CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"}
+TABLES_AT = {
+    "0001": {"cloaca_schedules"},
+    "0002": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
+    "0003": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
+    "0004": CLOACA_TABLES,
+}
 
 
 def schema_diff(engine: Engine) -> list[Any]:
@@ -43,8 +49,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0003() -> None:
-    assert head_revision() == "0003"
+def test_head_is_0004() -> None:
+    assert head_revision() == "0004"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
@@ -119,21 +125,29 @@ def test_upgrade_from_0001_keeps_rows_and_adds_dedup_count(backend: Backend) -> 
     assert store.get_schedule("legacy")["enabled"] is True
 
 
+def _insert_execution(
+    conn: Connection, execution_id: str, context_hash: str, status: str = "running"
+) -> None:
+    """An execution as revisions 0002 and 0003 knew it, written with plain SQL (ended when it started
+    if ``status`` is final)."""
+    stamp = "2025-11-28 12:00:34.250000" + ("+00:00" if conn.dialect.name == "postgresql" else "")
+    conn.execute(
+        text(
+            "INSERT INTO cloaca_executions (execution_id, trigger_name, workflow, context, context_hash,"
+            " status, task_ids, started_at, completed_at) VALUES (:id, 'orders', 'ship', :context, :hash,"
+            " :status, '[\"t1\"]', :stamp, :completed)"
+        ),
+        {
+            "id": execution_id, "context": '{"order": 7, "lines": [1, 2]}', "hash": context_hash,
+            "status": status, "stamp": stamp, "completed": None if status in ACTIVE_STATUSES else stamp,
+        },
+    )
+
+
 def _insert_0002_claim(engine: Engine, execution_id: str, context_hash: str) -> None:
     """An active execution and its claim as revision 0002 knew them, written with plain SQL."""
-    stamp = "2025-11-28 12:00:34.250000" + ("+00:00" if engine.dialect.name == "postgresql" else "")
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO cloaca_executions (execution_id, trigger_name, workflow, context, context_hash,"
-                " status, task_ids, started_at) VALUES (:id, 'orders', 'ship', :context, :hash, 'running',"
-                " '[\"t1\"]', :stamp)"
-            ),
-            {
-                "id": execution_id, "context": '{"order": 7, "lines": [1, 2]}', "hash": context_hash,
-                "stamp": stamp,
-            },
-        )
+        _insert_execution(conn, execution_id, context_hash)
         conn.execute(
             text(
                 "INSERT INTO cloaca_claims (trigger_name, context_hash, execution_id, claimed_at, expires_at)"
@@ -148,7 +162,7 @@ def _fire(store: SqlStore, execution_id: str, context_hash: str) -> bool:
         execution_id, "orders", "ship", {"order": 7, "lines": [1, 2]}, context_hash, ["t2"],
         datetime(2025, 11, 28, 12, 1, tzinfo=timezone.utc),
     )
-    return store.record_fire(execution, claim_until=1_764_334_900.0, now=1_764_331_300.0)
+    return store.record_fire(execution, claim=True, now=1_764_331_300.0, deadline=1_764_331_900.0)
 
 
 def test_upgrade_from_0002_keeps_the_claims_held(backend: Backend) -> None:
@@ -165,12 +179,12 @@ def test_upgrade_from_0002_keeps_the_claims_held(backend: Backend) -> None:
     assert schema_diff(engine) == []
     with engine.connect() as conn:
         rows = conn.execute(text(
-            "SELECT claim_key, trigger_name, context_hash, execution_id, claimed_at, expires_at"
+            "SELECT claim_key, trigger_name, context_hash, execution_id, claimed_at"
             " FROM cloaca_claims ORDER BY execution_id"
         )).all()
     assert [tuple(row) for row in rows] == [
-        (claim_key("orders", held), "orders", held, "e-held", 1_764_331_234.5, 1_764_334_834.5),
-        (claim_key("orders", other), "orders", other, "e-other", 1_764_331_234.5, 1_764_334_834.5),
+        (claim_key("orders", held), "orders", held, "e-held", 1_764_331_234.5),
+        (claim_key("orders", other), "orders", other, "e-other", 1_764_331_234.5),
     ]
     assert store.get_execution("e-held")["context"] == {"order": 7, "lines": [1, 2]}
 
@@ -187,7 +201,7 @@ def test_downgrade_from_0003_keeps_the_claims_held(backend: Backend) -> None:
     engine = backend.store().engine
     upgrade(engine, "0002")
     _insert_0002_claim(engine, "e-held", "a" * 64)
-    upgrade(engine)
+    upgrade(engine, "0003")
     with engine.begin() as conn:
         command.downgrade(alembic_config(conn), "0002")
     assert revision_of(engine) == "0002"
@@ -197,6 +211,78 @@ def test_downgrade_from_0003_keeps_the_claims_held(backend: Backend) -> None:
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT * FROM cloaca_claims")).all()
     assert [tuple(row) for row in rows] == [("orders", "a" * 64, "e-held", 1_764_331_234.5, 1_764_334_834.5)]
+    upgrade(engine)
+    assert schema_diff(engine) == []
+
+
+def _insert_0003_execution(engine: Engine, execution_id: str, status: str, context_hash: str) -> None:
+    """An execution as revision 0003 knew it, with its claim while it is active, in plain SQL."""
+    with engine.begin() as conn:
+        _insert_execution(conn, execution_id, context_hash, status)
+        if status in ACTIVE_STATUSES:
+            conn.execute(
+                text(
+                    "INSERT INTO cloaca_claims (claim_key, trigger_name, context_hash, execution_id,"
+                    " claimed_at, expires_at) VALUES (:key, 'orders', :hash, :id, 1764331234.5, 1764334834.5)"
+                ),
+                {"key": claim_key("orders", context_hash), "id": execution_id, "hash": context_hash},
+            )
+
+
+def test_upgrade_from_0003_gives_the_active_executions_a_deadline(backend: Backend) -> None:
+    """0004: active executions are looked at a minute after the migration (store clock); claims stay held."""
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine, "0003")
+    hashes = {"e-running": "a" * 64, "e-queued": "b" * 64, "e-done": "c" * 64, "e-failed": "d" * 64}
+    statuses = {"e-running": "running", "e-queued": "queued", "e-done": "succeeded", "e-failed": "failed"}
+    for execution_id, status in statuses.items():
+        _insert_0003_execution(engine, execution_id, status, hashes[execution_id])
+
+    before = store.now()
+    upgrade(engine)
+    after = store.now()
+    assert revision_of(engine) == head_revision()
+    assert schema_diff(engine) == []
+    with engine.connect() as conn:
+        rows = {row[0]: tuple(row[1:]) for row in conn.execute(
+            text("SELECT execution_id, deadline_at, ending_status FROM cloaca_executions")
+        )}
+    for execution_id in ("e-running", "e-queued"):
+        deadline, ending = rows[execution_id]
+        assert before + 60 <= deadline <= after + 60
+        assert ending is None
+    assert (rows["e-done"], rows["e-failed"]) == ((None, None), (None, None))
+    assert {column["name"] for column in inspect(engine).get_columns("cloaca_claims")} == {
+        "claim_key", "trigger_name", "context_hash", "execution_id", "claimed_at"
+    }
+
+    assert store.sweep_candidates(before + 59, 10) == []
+    overdue = store.sweep_candidates(after + 61, 10)
+    assert [row["execution_id"] for row in overdue] == ["e-queued", "e-running"]
+    assert _fire(store, "e-second", hashes["e-running"]) is False  # still held by its execution
+    assert _fire(store, "e-third", hashes["e-done"]) is True
+    assert store.start_step("e-running", "t1", after, after + 30) is True
+    assert store.end_overdue("e-queued", "lost", "no step started", after + 61) is True
+    assert _fire(store, "e-fourth", hashes["e-queued"]) is True
+
+
+def test_downgrade_from_0004_gives_the_claims_held_an_expiry(backend: Backend) -> None:
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine)
+    assert _fire(store, "e-held", "a" * 64) is True  # claimed at 1_764_331_300.0
+    assert store.start_step("e-held", "t1", 1_764_331_301.0, 1_764_331_331.0) is True
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0003")
+    assert revision_of(engine) == "0003"
+    assert table_names(engine) == TABLES_AT["0003"] | {VERSION_TABLE}
+    assert not {"deadline_at", "ending_status"} & {
+        column["name"] for column in inspect(engine).get_columns("cloaca_executions")
+    }
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT execution_id, claimed_at, expires_at FROM cloaca_claims")).all()
+    assert [tuple(row) for row in rows] == [("e-held", 1_764_331_300.0, 1_764_331_300.0 + 6 * 3600)]
     upgrade(engine)
     assert schema_diff(engine) == []
 
@@ -259,7 +345,7 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
     assert revision_of(engines[0]) == head_revision()
     assert schema_diff(engines[0]) == []
     with engines[0].connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0003"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0004"]
 
 
 def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
@@ -269,7 +355,7 @@ def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
     with engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0003"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0004"]
 
 
 def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:
@@ -288,13 +374,12 @@ def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> Non
     assert table_names(engine) == CLOACA_TABLES | {VERSION_TABLE, "alembic_version"}
 
 
-@pytest.mark.parametrize("target", ["0001", "0002", "0003"])
+@pytest.mark.parametrize("target", sorted(TABLES_AT))
 def test_upgrade_to_a_revision_stops_there(backend: Backend, target: str) -> None:
     engine = backend.store().engine
     upgrade(engine, target)
     assert revision_of(engine) == target
-    expected = {"cloaca_schedules"} if target == "0001" else CLOACA_TABLES
-    assert table_names(engine) == expected | {VERSION_TABLE}
+    assert table_names(engine) == TABLES_AT[target] | {VERSION_TABLE}
 
 
 def test_mariadb_migration_lock_is_held_until_the_new_version_is_committed(mariadb_backend: Backend) -> None:

@@ -47,7 +47,7 @@ def record(runner: DefaultRunner, trigger: str, started_at: datetime, n: int) ->
             execution_id=execution_id, trigger_name=trigger, workflow="contract_ship",
             context={"n": n}, context_hash=f"{n:064d}", task_ids=[execution_id], started_at=started_at,
         ),
-        None, started_at.timestamp(),
+        claim=False, now=started_at.timestamp(), deadline=started_at.timestamp() + 600,
     )
     return execution_id
 

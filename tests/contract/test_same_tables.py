@@ -34,7 +34,7 @@ from tests.contract.conftest import new_name
 
 T0 = 1_764_331_234.5
 D0 = datetime(2025, 11, 28, 12, 0, 34, 500_000, tzinfo=timezone.utc)
-CLAIM_UNTIL = T0 + 3600
+QUEUED = 600.0
 CONTEXT = {"order": 7, "lines": [{"sku": "A-1", "qty": 2}], "note": "Grüße"}
 HASH = "c" * 64
 
@@ -44,32 +44,55 @@ def fire(execution_id: str, seconds: int) -> NewExecution:
     return NewExecution(execution_id, "orders", "ship", CONTEXT, HASH, [f"{execution_id}-task"], started_at)
 
 
+def fire_at(store: Store, execution_id: str, seconds: int) -> bool:
+    now = T0 + seconds
+    return store.record_fire(fire(execution_id, seconds), claim=True, now=now, deadline=now + QUEUED)
+
+
 def hand_over(first: Store, second: Store) -> None:
-    """``first`` writes a schedule, a poll's state and a claimed fire; ``second`` reads them and
-    goes on from there; ``first`` reads what ``second`` wrote."""
+    """``first`` writes a schedule, a poll's state, a claimed fire and its steps; ``second`` reads
+    them and goes on from there; ``first`` reads what ``second`` wrote."""
     first.sync_triggers([TriggerSpec("orders", "ship", 5.0, False)], T0)
     lease = first.begin_poll("orders", T0, 60.0, "token-1")
     assert isinstance(lease, PollLease)
     assert first.finish_poll(lease, PollOutcome(fired_at=D0, state={"cursor": 41, "seen": ["a"]}), T0)
-    assert first.record_fire(fire("e-1", 0), CLAIM_UNTIL, T0)
+    assert fire_at(first, "e-1", 0)
+    assert first.start_step("e-1", "e-1-a", T0 + 0.5, T0 + 30.5)
+    assert first.start_step("e-1", "e-1-b", T0 + 0.5, T0 + 30.5)
 
     schedule = second.get_schedule("orders")
     assert (schedule["workflow"], schedule["poll_interval"], schedule["enabled"]) == ("ship", 5.0, True)
     assert (schedule["state"], schedule["last_fire_at"]) == ({"cursor": 41, "seen": ["a"]}, D0)
     first_fire = second.get_execution("e-1")
-    assert (first_fire["context"], first_fire["status"], first_fire["started_at"]) == (CONTEXT, "queued", D0)
-    assert second.record_fire(fire("e-2", 1), CLAIM_UNTIL, T0) is False
-    assert second.finish_execution("e-1", "succeeded", None, D0 + timedelta(seconds=1))
-    assert second.record_fire(fire("e-2", 1), CLAIM_UNTIL, T0)
+    assert (first_fire["context"], first_fire["status"], first_fire["started_at"]) == (CONTEXT, "running", D0)
+    assert first_fire["running_at"] == D0 + timedelta(seconds=0.5)
+    [overdue] = second.sweep_candidates(T0 + 31, 10)
+    assert (overdue["execution_id"], overdue["deadline_at"]) == ("e-1", T0 + 30.5)
+    assert [(step["task_id"], step["state"], step["started_at"]) for step in overdue["steps"]] == [
+        ("e-1-a", "running", T0 + 0.5), ("e-1-b", "running", T0 + 0.5)
+    ]
+    assert second.renew_leases(["e-1", "e-0"], T0 + 60.25) == {"e-0"}
+    assert second.end_overdue("e-1", "lost", "no heartbeat", T0 + 31) is False
+    assert fire_at(second, "e-2", 1) is False
+    assert second.request_end("e-1", "failed", "ValueError: a", T0 + 2, task_id="e-1-a") is False
+    assert first.start_step("e-1", "e-1-c", T0 + 2, T0 + 32) is False
+    assert first.end_step("e-1", "e-1-b", T0 + 3, T0 + 3 + QUEUED) is True
+    assert (second.get_execution("e-1")["status"], second.get_execution("e-1")["error"]) == (
+        "failed", "ValueError: a"
+    )
+    assert fire_at(second, "e-2", 1)
     lease = second.begin_poll("orders", T0 + 5, 60.0, "token-2")
     assert isinstance(lease, PollLease) and lease.state == {"cursor": 41, "seen": ["a"]}
     assert second.finish_poll(lease, PollOutcome(error="ValueError: boom", state={"cursor": 42}), T0 + 5)
 
     schedule = first.get_schedule("orders")
     assert (schedule["state"], schedule["consecutive_errors"]) == ({"cursor": 42}, 1)
-    assert first.record_fire(fire("e-3", 2), CLAIM_UNTIL, T0) is False
+    assert fire_at(first, "e-3", 2) is False
     history = first.execution_history("orders")
-    assert [(e["execution_id"], e["status"]) for e in history] == [("e-2", "queued"), ("e-1", "succeeded")]
+    assert [(e["execution_id"], e["status"]) for e in history] == [("e-2", "queued"), ("e-1", "failed")]
+    assert first.end_overdue("e-2", "lost", "no step started", T0 + 1 + QUEUED + 1) is True
+    assert second.prune_executions(D0 + timedelta(days=1)) == 2
+    assert fire_at(second, "e-3", 2)
 
 
 def django_database_url() -> URL:

@@ -11,18 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import create_engine, event, select, text, update
+from sqlalchemy import create_engine, delete, event, select, text, update
 from sqlalchemy.engine import make_url
 
-from cloaca_celery.sqlstore import SqlStore, claims, executions
+from cloaca_celery.sqlstore import SqlStore, claims, executions, steps
 from cloaca_celery.store import (
     FINAL_STATUSES,
+    STEP_FIELDS,
     DuePoll,
     NewExecution,
     PollLease,
@@ -38,6 +40,12 @@ T0 = 1_764_331_234.5  # 2025-11-28T12:00:34.5Z
 D0 = datetime(2025, 11, 28, 12, 0, 34, tzinfo=timezone.utc)
 LEASE = 60.0
 UTC = timezone.utc
+QUEUED = 600.0
+"""The deadline of a fire, and of an execution whose steps all ended, after ``now`` (its next step waits)."""
+STEP_LEASE = 30.0
+"""A step's lease in these tests: ``start_step(..., now, now + STEP_LEASE)``."""
+FAR = T0 + 10**7
+"""A sweep at ``FAR`` sees every active execution."""
 
 T = TypeVar("T")
 
@@ -77,8 +85,13 @@ def lease_of(store: SqlStore, name: str, now: float = T0, token: str = "tok-1") 
     return taken
 
 
-def fired(store: SqlStore, execution: NewExecution, now: float = T0, claim_for: float | None = 300.0) -> bool:
-    return store.record_fire(execution, None if claim_for is None else now + claim_for, now)
+def fired(
+    store: SqlStore, execution: NewExecution, now: float = T0, claim: bool = True,
+    deadline: float | None = None,
+) -> bool:
+    """``record_fire`` as the engine calls it: the deadline is ``now + QUEUED`` unless given."""
+    deadline = now + QUEUED if deadline is None else deadline
+    return store.record_fire(execution, claim=claim, now=now, deadline=deadline)
 
 
 def in_threads(count: int, work: Callable[[int], T]) -> list[T]:
@@ -570,13 +583,13 @@ def test_deduplicated_outcomes_are_counted(store: SqlStore) -> None:
 def test_record_fire_without_claim_always_writes(store: SqlStore) -> None:
     first, second = new_execution(), new_execution()
     assert first.context_hash == second.context_hash
-    assert fired(store, first, claim_for=None) is True
-    assert fired(store, second, T0 + 1, claim_for=None) is True
+    assert fired(store, first, claim=False) is True
+    assert fired(store, second, T0 + 1, claim=False) is True
 
     history = store.execution_history("orders")
     assert {e["execution_id"] for e in history} == {first.execution_id, second.execution_id}
     assert {e["status"] for e in history} == {"queued"}
-    assert store.active_executions(D0 + timedelta(days=1), 10)[0]["status"] == "queued"
+    assert sorted(ids_of(store.sweep_candidates(FAR, 10))) == sorted(e["execution_id"] for e in history)
 
 
 def test_record_fire_writes_the_execution_row(store: SqlStore) -> None:
@@ -626,49 +639,73 @@ def test_finishing_an_execution_releases_its_claim(store: SqlStore, status: str)
     assert fired(store, new_execution(), T0 + 7) is False
 
 
-def test_an_expired_claim_is_taken_over(store: SqlStore) -> None:
+def test_a_claim_never_expires_while_its_execution_is_active(store: SqlStore) -> None:
     first = new_execution()
-    assert store.record_fire(first, T0 + 60, T0) is True
-    assert store.record_fire(new_execution(), T0 + 120, T0 + 59.5) is False
-
-    takeover = new_execution()
-    assert store.record_fire(takeover, T0 + 300, T0 + 60.5) is True
-    assert store.get_execution(takeover.execution_id)["status"] == "queued"
-    assert store.record_fire(new_execution(), T0 + 400, T0 + 299) is False  # the new claim holds
-    assert store.get_execution(first.execution_id)["status"] == "queued"  # the store does not end it
-
-    # The late end of the first execution must not release the claim of the second.
-    assert store.finish_execution(first.execution_id, "lost", "gone", D0 + timedelta(seconds=70)) is True
-    assert store.record_fire(new_execution(), T0 + 400, T0 + 100) is False
+    assert fired(store, first, deadline=T0 + 60) is True
+    assert store.start_step(first.execution_id, "t1", T0 + 1, T0 + 31)
+    for later in (T0 + 61, T0 + 7 * 3600, FAR):  # past its deadline, past the old claim TTL: still held
+        assert fired(store, new_execution(), later) is False
+    assert ids_of(store.execution_history("orders")) == [first.execution_id]
+    assert store.end_overdue(first.execution_id, "lost", "no heartbeat", FAR) is True
+    assert fired(store, new_execution(), FAR + 1) is True
 
 
-def test_concurrent_takeover_of_an_expired_claim_has_one_winner(backend: Backend, store: SqlStore) -> None:
-    assert store.record_fire(new_execution(), T0 + 60, T0) is True
+def end_behind_the_store(
+    backend: Backend, store: SqlStore, execution_id: str, *, remove: bool = False
+) -> None:
+    """End (or ``remove``) an execution's row without releasing its claim, as a crash between
+    two writes of an older version could leave it."""
+    if backend.name == "django":
+        from django_cloaca.models import TriggerExecution
+
+        rows = TriggerExecution.objects.filter(pk=execution_id)
+        if remove:
+            rows.delete()
+        else:
+            rows.update(status="succeeded", completed_at=D0)
+        return
+    row = executions.c.execution_id == execution_id
+    with store.engine.begin() as conn:
+        if remove:
+            conn.execute(delete(executions).where(row))
+        else:
+            conn.execute(update(executions).where(row).values(status="succeeded", completed_at=D0))
+
+
+@pytest.mark.parametrize("remove", [False, True], ids=["ended", "missing"])
+def test_a_claim_whose_execution_is_not_active_is_taken_over(
+    backend: Backend, store: SqlStore, remove: bool
+) -> None:
+    first = new_execution()
+    assert fired(store, first) is True
+    end_behind_the_store(backend, store, first.execution_id, remove=remove)
+
+    second = new_execution()
+    assert fired(store, second, T0 + 1) is True
+    assert fired(store, new_execution(), T0 + 2) is False  # the new holder holds it
+    # A late end of the first holder does not release the claim of the second.
+    assert store.finish_execution(first.execution_id, "lost", "gone", D0 + timedelta(seconds=3)) is False
+    assert fired(store, new_execution(), T0 + 4) is False
+    assert store.finish_execution(second.execution_id, "succeeded", None, D0 + timedelta(seconds=5)) is True
+    assert fired(store, new_execution(), T0 + 6) is True
+
+
+def test_concurrent_takeover_of_an_ended_holders_claim_has_one_winner(
+    backend: Backend, store: SqlStore
+) -> None:
+    first = new_execution()
+    assert fired(store, first) is True
+    end_behind_the_store(backend, store, first.execution_id)
     stores = [backend.store() for _ in range(8)]
     attempts = [new_execution() for _ in range(8)]
 
-    results = in_threads(8, lambda i: stores[i].record_fire(attempts[i], T0 + 400, T0 + 100))
+    results = in_threads(8, lambda i: fired(stores[i], attempts[i], T0 + 100))
     assert results.count(True) == 1, results
     winner = attempts[results.index(True)]
     assert len(store.execution_history("orders")) == 2
     assert store.get_execution(winner.execution_id)["status"] == "queued"
     assert store.finish_execution(winner.execution_id, "succeeded", None, D0 + timedelta(minutes=2))
-    assert store.record_fire(new_execution(), T0 + 500, T0 + 130) is True
-
-
-@pytest.mark.sql_only
-def test_a_claim_whose_execution_ended_is_taken_over(store: SqlStore) -> None:
-    """A claim left behind by an execution that ended without releasing it does not block."""
-    first = new_execution()
-    assert fired(store, first) is True
-    with store.engine.begin() as conn:  # the end was recorded, the release was not
-        conn.execute(
-            update(executions).where(executions.c.execution_id == first.execution_id)
-            .values(status="succeeded", completed_at=D0)
-        )
-    second = new_execution()
-    assert fired(store, second, T0 + 1) is True
-    assert fired(store, new_execution(), T0 + 2) is False
+    assert fired(store, new_execution(), T0 + 130) is True
 
 
 def test_concurrent_fires_of_the_same_context_claim_once(backend: Backend, store: SqlStore) -> None:
@@ -684,26 +721,10 @@ def test_concurrent_fires_of_the_same_context_claim_once(backend: Backend, store
 # -- executions: status changes --------------------------------------------------------
 
 
-def test_mark_running_only_from_queued(store: SqlStore) -> None:
-    execution = new_execution()
-    assert fired(store, execution) is True
-    at = D0 + timedelta(seconds=2)
-    assert store.mark_running(execution.execution_id, at) is True
-    row = store.get_execution(execution.execution_id)
-    assert (row["status"], row["running_at"]) == ("running", at)
-    assert store.mark_running(execution.execution_id, at + timedelta(seconds=1)) is False
-    assert store.get_execution(execution.execution_id)["running_at"] == at
-
-    assert store.finish_execution(execution.execution_id, "succeeded", None, at + timedelta(seconds=3))
-    assert store.mark_running(execution.execution_id, at + timedelta(seconds=4)) is False
-    assert store.get_execution(execution.execution_id)["status"] == "succeeded"
-    assert store.mark_running("no-such-execution", at) is False
-
-
 def test_finish_execution_is_idempotent(store: SqlStore) -> None:
     execution = new_execution()
     assert fired(store, execution) is True
-    store.mark_running(execution.execution_id, D0 + timedelta(seconds=1))
+    assert store.start_step(execution.execution_id, "t1", T0 + 1, T0 + 31)
     end = D0 + timedelta(seconds=9)
     assert store.finish_execution(execution.execution_id, "failed", "ValueError: bad row", end) is True
     later = end + timedelta(seconds=1)
@@ -724,6 +745,424 @@ def test_finish_execution_rejects_a_non_final_status(store: SqlStore, status: st
     assert fired(store, new_execution()) is False  # the claim is still held
 
 
+# -- executions: leases, steps and the deadline rule ------------------------------------------
+
+
+def candidate(store: SqlStore, execution_id: str) -> dict[str, Any] | None:
+    """The execution as the sweep sees it (every active one is overdue at ``FAR``); ``None`` if ended."""
+    found = [row for row in store.sweep_candidates(FAR, 1000) if row["execution_id"] == execution_id]
+    return found[0] if found else None
+
+
+def deadline_of(store: SqlStore, execution_id: str) -> float | None:
+    row = candidate(store, execution_id)
+    return None if row is None else row["deadline_at"]
+
+
+def step(
+    task_id: str, state: str, started: float, updated: float, waiting: float | None = None
+) -> dict[str, Any]:
+    return {"task_id": task_id, "state": state, "started_at": started, "updated_at": updated,
+            "waiting_until": waiting}
+
+
+def step_rows(backend: Backend, store: SqlStore, execution_id: str) -> list[dict[str, Any]]:
+    """The step rows of an execution, read from the table (the store shows them only while it is active)."""
+    if backend.name == "django":
+        from django_cloaca.models import TriggerStep
+
+        return list(TriggerStep.objects.filter(execution_id=execution_id).order_by("started_at", "task_id")
+                    .values(*STEP_FIELDS))
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            select(*(steps.c[name] for name in STEP_FIELDS)).where(steps.c.execution_id == execution_id)
+            .order_by(steps.c.started_at, steps.c.task_id)
+        ).all()
+    return [dict(row._mapping) for row in rows]
+
+
+def claim_is_free(store: SqlStore, at: float, context: dict[str, Any] | None = None) -> bool:
+    """Whether the claim of ``context`` can be taken (and take it, ending the taker at once)."""
+    taker = new_execution(context=context)
+    if not fired(store, taker, at):
+        return False
+    assert store.finish_execution(taker.execution_id, "succeeded", None, utc(at))
+    return True
+
+
+def running(
+    store: SqlStore, *task_ids: str, now: float = T0, lease: float = STEP_LEASE,
+    context: dict[str, Any] | None = None,
+) -> str:
+    """A fired execution of ``context`` (claimed, at ``now``) whose ``task_ids`` have started; its id."""
+    execution = new_execution(context=context)
+    assert fired(store, execution, now) is True
+    for task_id in task_ids:
+        assert store.start_step(execution.execution_id, task_id, now, now + lease) is True
+    return execution.execution_id
+
+
+def test_now_is_the_databases_clock(store: SqlStore) -> None:
+    before = time.time()
+    now = store.now()
+    after = time.time()
+    assert isinstance(now, float)
+    # The database runs on this machine: its clock agrees with ours far within this bound.
+    assert before - 5.0 < now < after + 5.0
+
+
+def test_record_fire_sets_the_deadline(store: SqlStore) -> None:
+    execution = new_execution()
+    assert fired(store, execution, T0, deadline=T0 + 123.25) is True
+    row = candidate(store, execution.execution_id)
+    assert row is not None
+    assert (row["deadline_at"], row["ending_status"], row["steps"]) == (T0 + 123.25, None, [])
+    assert {key: row[key] for key in store.get_execution(execution.execution_id)} == store.get_execution(
+        execution.execution_id
+    )
+
+
+def test_start_step_runs_the_execution_and_gives_it_the_lease(store: SqlStore) -> None:
+    execution = new_execution()
+    assert fired(store, execution, T0) is True  # deadline T0 + QUEUED
+    eid = execution.execution_id
+    assert store.start_step(eid, "t1", T0 + 1, T0 + 31) is True
+
+    row = store.get_execution(eid)
+    assert (row["status"], row["running_at"]) == ("running", utc(T0 + 1))
+    # The step's lease replaces the (later) deadline of a fire waiting in the broker.
+    assert deadline_of(store, eid) == T0 + 31
+    assert candidate(store, eid)["steps"] == [step("t1", "running", T0 + 1, T0 + 1)]  # type: ignore[index]
+
+    # The same task again (a redelivery): its row keeps started_at, the execution its running_at.
+    assert store.start_step(eid, "t1", T0 + 5, T0 + 35) is True
+    assert store.get_execution(eid)["running_at"] == utc(T0 + 1)
+    assert candidate(store, eid)["steps"] == [step("t1", "running", T0 + 1, T0 + 5)]  # type: ignore[index]
+    assert deadline_of(store, eid) == T0 + 35
+
+
+def test_start_step_keeps_the_later_deadline_while_other_steps_run(store: SqlStore) -> None:
+    eid = running(store, "t1", now=T0, lease=100.0)
+    assert deadline_of(store, eid) == T0 + 100
+    assert store.start_step(eid, "t2", T0 + 1, T0 + 50) is True
+    assert deadline_of(store, eid) == T0 + 100
+    assert store.start_step(eid, "t3", T0 + 2, T0 + 150) is True
+    assert deadline_of(store, eid) == T0 + 150
+    assert [s["task_id"] for s in candidate(store, eid)["steps"]] == ["t1", "t2", "t3"]  # type: ignore[index]
+
+
+def test_a_step_after_the_others_ended_replaces_the_idle_deadline(store: SqlStore) -> None:
+    eid = running(store, "t1", now=T0)
+    assert store.end_step(eid, "t1", T0 + 5, T0 + 5 + QUEUED) is False
+    assert deadline_of(store, eid) == T0 + 5 + QUEUED
+    assert store.start_step(eid, "t2", T0 + 6, T0 + 36) is True
+    assert deadline_of(store, eid) == T0 + 36
+
+
+def test_start_step_of_an_ended_execution_is_refused_and_writes_nothing(
+    backend: Backend, store: SqlStore
+) -> None:
+    eid = running(store, "t1")
+    end = D0 + timedelta(seconds=9)
+    assert store.finish_execution(eid, "succeeded", None, end) is True
+    assert store.start_step(eid, "t2", T0 + 10, T0 + 40) is False
+    row = store.get_execution(eid)
+    assert (row["status"], row["completed_at"], row["running_at"]) == ("succeeded", end, utc(T0))
+    assert [s["task_id"] for s in step_rows(backend, store, eid)] == ["t1"]
+    assert candidate(store, eid) is None
+
+
+def test_start_step_of_an_ending_execution_is_refused(backend: Backend, store: SqlStore) -> None:
+    eid = running(store, "t1", "t2")
+    assert store.request_end(eid, "failed", "ValueError: t1", T0 + 2, task_id="t1") is False
+    before = candidate(store, eid)
+    assert store.start_step(eid, "t3", T0 + 3, T0 + 33) is False
+    assert store.start_step(eid, "t2", T0 + 3, T0 + 33) is False  # not even a redelivery of a live one
+    assert candidate(store, eid) == before
+    assert [s["task_id"] for s in step_rows(backend, store, eid)] == ["t1", "t2"]
+
+
+def test_start_step_of_a_missing_execution_is_refused(backend: Backend, store: SqlStore) -> None:
+    assert store.start_step("no-such-execution", "t1", T0, T0 + 30) is False
+    assert step_rows(backend, store, "no-such-execution") == []
+    with pytest.raises(KeyError):
+        store.get_execution("no-such-execution")
+
+
+def test_end_step_of_the_last_live_step_leaves_the_execution_idle(store: SqlStore) -> None:
+    eid = running(store, "t1", "t2")
+    assert store.end_step(eid, "t1", T0 + 4, T0 + 4 + QUEUED) is False
+    assert deadline_of(store, eid) == T0 + STEP_LEASE  # t2 still runs: unchanged
+    assert store.end_step(eid, "t2", T0 + 5, T0 + 5 + QUEUED) is False
+    row = candidate(store, eid)
+    assert row is not None
+    assert (row["status"], row["deadline_at"], row["ending_status"]) == ("running", T0 + 5 + QUEUED, None)
+    assert row["steps"] == [step("t1", "done", T0, T0 + 4), step("t2", "done", T0, T0 + 5)]
+    assert claim_is_free(store, T0 + 6) is False  # idle is not ended: the next step waits in the broker
+
+
+def test_a_step_waiting_to_retry_keeps_the_execution_alive(store: SqlStore) -> None:
+    eid = running(store, "t1", "t2")
+    assert store.end_step(eid, "t1", T0 + 2, T0 + 2 + QUEUED, retry_until=T0 + 500) is False
+    assert deadline_of(store, eid) == T0 + 500
+    assert store.end_step(eid, "t2", T0 + 3, T0 + 3 + QUEUED) is False  # t1 waits: it is live
+    row = candidate(store, eid)
+    assert row is not None and row["deadline_at"] == T0 + 500
+    assert row["steps"] == [step("t1", "waiting", T0, T0 + 2, T0 + 500), step("t2", "done", T0, T0 + 3)]
+    # A retry that comes sooner than the deadline does not lower it.
+    assert store.end_step(eid, "t1", T0 + 4, T0 + 4 + QUEUED, retry_until=T0 + 100) is False
+    assert deadline_of(store, eid) == T0 + 500
+    # The retry runs: the only live step again, its lease is the deadline.
+    assert store.start_step(eid, "t1", T0 + 100, T0 + 130) is True
+    row = candidate(store, eid)
+    assert row is not None and row["deadline_at"] == T0 + 130
+    assert row["steps"][0] == step("t1", "running", T0, T0 + 100)
+
+
+def test_end_step_without_a_start_creates_the_row_done(store: SqlStore) -> None:
+    eid = running(store)
+    assert store.end_step(eid, "early", T0 + 3, T0 + 3 + QUEUED) is False
+    assert candidate(store, eid)["steps"] == [step("early", "done", T0 + 3, T0 + 3)]  # type: ignore[index]
+    assert deadline_of(store, eid) == T0 + 3 + QUEUED
+
+
+def test_end_step_leaves_an_ended_or_missing_execution_alone(backend: Backend, store: SqlStore) -> None:
+    eid = running(store, "t1")
+    end = D0 + timedelta(seconds=9)
+    assert store.finish_execution(eid, "revoked", "by the operator", end) is True
+    assert store.end_step(eid, "t1", T0 + 10, T0 + 10 + QUEUED) is False
+    row = store.get_execution(eid)
+    assert (row["status"], row["error"], row["completed_at"]) == ("revoked", "by the operator", end)
+    assert step_rows(backend, store, eid) == [step("t1", "running", T0, T0)]
+    assert store.end_step("no-such-execution", "t1", T0, T0 + QUEUED) is False
+    assert step_rows(backend, store, "no-such-execution") == []
+
+
+def test_end_step_ends_an_execution_whose_end_was_requested(store: SqlStore) -> None:
+    eid = running(store, "t1", "t2", "t3")
+    assert store.request_end(eid, "failed", "ValueError: first", T0 + 2, task_id="t1") is False
+    assert store.request_end(eid, "revoked", "task t2 was revoked", T0 + 3, task_id="t2") is False
+    row = candidate(store, eid)
+    assert row is not None
+    assert (row["status"], row["ending_status"], row["error"]) == ("running", "failed", "ValueError: first")
+    assert claim_is_free(store, T0 + 4) is False  # t3 still runs: the claim is held
+
+    assert store.end_step(eid, "t3", T0 + 9, T0 + 9 + QUEUED) is True
+    row = store.get_execution(eid)
+    assert (row["status"], row["error"], row["completed_at"]) == ("failed", "ValueError: first", utc(T0 + 9))
+    assert candidate(store, eid) is None
+    assert claim_is_free(store, T0 + 10) is True
+    assert store.end_step(eid, "t3", T0 + 11, T0 + 11 + QUEUED) is False  # a second end changes nothing
+    assert store.get_execution(eid) == row
+
+
+@pytest.mark.parametrize("status", ["failed", "revoked"])
+def test_request_end_without_other_live_steps_ends_now(store: SqlStore, status: str) -> None:
+    eid = running(store, "t1")
+    assert store.end_step(eid, "t0", T0 + 1, T0 + 1 + QUEUED) is False  # a done step does not count
+    assert store.request_end(eid, status, f"{status}: t1", T0 + 4, task_id="t1") is True
+    row = store.get_execution(eid)
+    assert (row["status"], row["error"], row["completed_at"]) == (status, f"{status}: t1", utc(T0 + 4))
+    assert candidate(store, eid) is None
+    assert claim_is_free(store, T0 + 5) is True
+    assert store.request_end(eid, "failed", "again", T0 + 6, task_id="t1") is False
+    assert store.get_execution(eid) == row
+    assert store.request_end("no-such-execution", "failed", None, T0) is False
+
+
+def test_request_end_without_a_task_counts_every_live_step(store: SqlStore) -> None:
+    eid = running(store, "t1")
+    assert store.request_end(eid, "revoked", "revoked by the operator", T0 + 2) is False
+    assert candidate(store, eid)["ending_status"] == "revoked"  # type: ignore[index]
+    assert store.end_step(eid, "t1", T0 + 3, T0 + 3 + QUEUED) is True
+    assert store.get_execution(eid)["status"] == "revoked"
+
+
+def test_the_last_step_requesting_an_end_ends_with_the_first_request(store: SqlStore) -> None:
+    eid = running(store, "t1", "t2")
+    assert store.request_end(eid, "revoked", "task t1 was revoked", T0 + 2, task_id="t1") is False
+    assert store.request_end(eid, "failed", "ValueError: t2", T0 + 3, task_id="t2") is True
+    row = store.get_execution(eid)
+    assert (row["status"], row["error"]) == ("revoked", "task t1 was revoked")
+    assert row["completed_at"] == utc(T0 + 3)
+
+
+@pytest.mark.parametrize("status", ["succeeded", "lost", "queued", "done"])
+def test_request_end_takes_only_failed_or_revoked(store: SqlStore, status: str) -> None:
+    eid = running(store, "t1")
+    with pytest.raises(ValueError, match=repr(status)):
+        store.request_end(eid, status, None, T0 + 1, task_id="t1")
+    assert candidate(store, eid)["steps"] == [step("t1", "running", T0, T0)]  # type: ignore[index]
+
+
+def test_renew_leases_extends_the_active_and_returns_the_others(store: SqlStore) -> None:
+    live, other = running(store, "t1"), running(store, "t1-b", context={"order": 2})
+    ended = new_execution(context={"order": 3})
+    assert fired(store, ended) is True
+    assert store.finish_execution(ended.execution_id, "succeeded", None, D0)
+
+    given = [live, other, ended.execution_id, "no-such-execution"]
+    assert store.renew_leases(given, T0 + 200) == {ended.execution_id, "no-such-execution"}
+    assert (deadline_of(store, live), deadline_of(store, other)) == (T0 + 200, T0 + 200)
+    assert store.renew_leases([live], T0 + 150) == set()  # never lowered
+    assert deadline_of(store, live) == T0 + 200
+    assert store.renew_leases([], T0 + 300) == set()
+    assert store.get_execution(ended.execution_id)["status"] == "succeeded"
+
+
+def test_sweep_candidates_are_the_overdue_by_deadline_and_paged(store: SqlStore) -> None:
+    deadlines = {"e-00": T0 + 10, "e-01": T0 + 10, "e-02": T0 + 5, "e-03": T0 + 20, "e-04": T0 + 1,
+                 "e-05": T0 + 100, "e-06": T0 + 50}
+    for n, (eid, deadline) in enumerate(deadlines.items()):
+        assert fired(store, new_execution(context={"n": n}, execution_id=eid), deadline=deadline)
+    assert store.finish_execution("e-04", "succeeded", None, D0)  # ended: never a candidate
+    assert store.start_step("e-00", "e-00-1", T0, T0 + 10) is True
+    assert store.end_step("e-00", "e-00-2", T0 + 1, T0 + 10, retry_until=T0 + 2) is False
+
+    now = T0 + 50  # e-06 is due exactly now: not yet overdue
+    assert ids_of(store.sweep_candidates(now, 10)) == ["e-02", "e-00", "e-01", "e-03"]
+    first = store.sweep_candidates(now, 2)
+    assert ids_of(first) == ["e-02", "e-00"]
+    last = first[-1]
+    second = store.sweep_candidates(now, 2, after=(last["deadline_at"], last["execution_id"]))
+    assert ids_of(second) == ["e-01", "e-03"]
+    assert store.sweep_candidates(now, 2, after=(T0 + 20, "e-03")) == []
+
+    row = first[1]
+    assert (row["deadline_at"], row["ending_status"], row["status"]) == (T0 + 10, None, "running")
+    assert row["steps"] == [
+        step("e-00-1", "running", T0, T0), step("e-00-2", "waiting", T0 + 1, T0 + 1, T0 + 2)
+    ]
+    assert {k: row[k] for k in store.get_execution("e-00")} == store.get_execution("e-00")
+    assert second[0]["steps"] == []
+
+
+def test_end_overdue_ends_only_an_execution_past_its_deadline(store: SqlStore) -> None:
+    eid = running(store, "t1")  # deadline T0 + 30
+    assert store.end_overdue(eid, "lost", "no heartbeat", T0 + 30) is False
+    assert store.get_execution(eid)["status"] == "running"
+    assert claim_is_free(store, T0 + 30) is False
+
+    assert store.end_overdue(eid, "lost", "no heartbeat for 30s", T0 + 31) is True
+    row = store.get_execution(eid)
+    assert (row["status"], row["error"]) == ("lost", "no heartbeat for 30s")
+    assert row["completed_at"] == utc(T0 + 31)
+    assert candidate(store, eid) is None
+    assert claim_is_free(store, T0 + 32) is True
+    assert store.end_overdue(eid, "failed", "again", T0 + 40) is False
+    assert store.get_execution(eid) == row
+    assert store.end_overdue("no-such-execution", "lost", None, T0) is False
+
+
+def test_end_overdue_loses_to_a_renewal(store: SqlStore) -> None:
+    eid = running(store, "t1")  # deadline T0 + 30
+    assert ids_of(store.sweep_candidates(T0 + 40, 10)) == [eid]  # the sweep sees it overdue ...
+    assert store.renew_leases([eid], T0 + 70) == set()  # ... and its heartbeat comes before the end
+    assert store.end_overdue(eid, "lost", "no heartbeat", T0 + 40) is False
+    assert store.get_execution(eid)["status"] == "running"
+    assert claim_is_free(store, T0 + 41) is False
+
+
+@pytest.mark.parametrize("rival", ["renew_leases", "start_step"])
+def test_end_overdue_and_a_live_step_racing_have_one_winner(
+    backend: Backend, store: SqlStore, rival: str
+) -> None:
+    """The sweep ends an overdue execution while its step renews (or a step starts): exactly one wins."""
+    sweeper, worker = backend.store(), backend.store()
+    for n in range(6):
+        execution = new_execution(context={"race": n})
+        assert fired(store, execution, deadline=T0 + 10)
+        eid = execution.execution_id
+
+        def race(i: int, eid: str = eid) -> bool:
+            if i == 0:
+                return sweeper.end_overdue(eid, "lost", "no heartbeat", T0 + 20)
+            if rival == "renew_leases":
+                return not worker.renew_leases([eid], T0 + 100)
+            return worker.start_step(eid, "late-step", T0 + 20, T0 + 100)
+
+        ended, lived = in_threads(2, race)
+        assert ended != lived, (n, ended, lived)
+        row = store.get_execution(eid)
+        if ended:
+            assert (row["status"], row["completed_at"]) == ("lost", utc(T0 + 20))
+            assert candidate(store, eid) is None
+            assert claim_is_free(store, T0 + 21, {"race": n})
+        else:
+            assert row["status"] == ("running" if rival == "start_step" else "queued")
+            assert deadline_of(store, eid) == T0 + 100
+            assert claim_is_free(store, T0 + 21, {"race": n}) is False
+
+
+def test_concurrent_ends_of_sibling_steps_end_a_requested_end_once(backend: Backend, store: SqlStore) -> None:
+    """Parallel branches ending together each see the others' rows: the last one ends it, once."""
+    eid = running(store, *[f"b{i}" for i in range(6)])
+    assert store.request_end(eid, "failed", "ValueError: b0", T0 + 1, task_id="b0") is False
+    stores = [backend.store() for _ in range(5)]
+    results = in_threads(5, lambda i: stores[i].end_step(eid, f"b{i + 1}", T0 + 2, T0 + 2 + QUEUED))
+    assert results.count(True) == 1, results
+    row = store.get_execution(eid)
+    assert (row["status"], row["error"]) == ("failed", "ValueError: b0")
+    assert claim_is_free(store, T0 + 3) is True
+
+
+def test_concurrent_ends_of_sibling_steps_leave_the_execution_idle(backend: Backend, store: SqlStore) -> None:
+    eid = running(store, *[f"b{i}" for i in range(6)])
+    stores = [backend.store() for _ in range(6)]
+    assert in_threads(6, lambda i: stores[i].end_step(eid, f"b{i}", T0 + 2, T0 + 2 + QUEUED)) == [False] * 6
+    row = candidate(store, eid)
+    assert row is not None and row["deadline_at"] == T0 + 2 + QUEUED
+    assert {s["state"] for s in row["steps"]} == {"done"}
+
+
+def test_prune_executions_deletes_their_steps_in_batches(backend: Backend, store: SqlStore) -> None:
+    cutoff = D0 + timedelta(days=30)
+    old = [running(store, f"s{i}-1", f"s{i}-2", now=T0 + i, context={"n": i}) for i in range(5)]
+    for i, eid in enumerate(old):
+        status = FINAL_STATUSES[i % len(FINAL_STATUSES)]
+        assert store.finish_execution(eid, status, None, D0 + timedelta(hours=i))
+    kept = new_execution(context={"n": "kept"})
+    assert fired(store, kept) is True
+    assert store.start_step(kept.execution_id, "kept-1", T0, T0 + 30)
+
+    assert store.prune_executions(cutoff, batch_size=2, batches=1) == 2
+    assert len(store.execution_history("orders")) == 4
+    assert store.prune_executions(cutoff, batch_size=2, batches=1) == 2
+    assert store.prune_executions(cutoff, batch_size=2) == 1
+    assert store.prune_executions(cutoff, batch_size=2, batches=3) == 0
+    for eid in old:
+        assert step_rows(backend, store, eid) == []
+    assert ids_of(store.execution_history("orders")) == [kept.execution_id]
+    assert [s["task_id"] for s in step_rows(backend, store, kept.execution_id)] == ["kept-1"]
+
+
+@pytest.mark.sql_only
+def test_start_step_and_renew_leases_are_one_statement(backend: Backend, store: SqlStore) -> None:
+    """The hot writes: a step's start is one statement on PostgreSQL (the fencing answer costs one
+    round trip); a heartbeat is one UPDATE for all its executions everywhere."""
+    ids = [running(store, context={"n": n}) for n in range(4)]
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement.lstrip().split(None, 1)[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        assert store.start_step(ids[0], "t1", T0 + 1, T0 + 31) is True
+        started = list(statements)
+        statements.clear()
+        assert store.renew_leases(ids, T0 + 700) == set()
+        renewed = list(statements)
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    if backend.name == "postgresql":
+        assert started == ["WITH"], started
+    else:
+        assert [s for s in started if s != "BEGIN"] == ["UPDATE", "INSERT"], started  # one transaction
+    assert renewed.count("UPDATE") == 1, renewed
+    assert [deadline_of(store, eid) for eid in ids] == [T0 + 700] * 4
+
+
 # -- executions: reading ----------------------------------------------------------------
 
 
@@ -731,11 +1170,11 @@ def _history_fixture(store: SqlStore) -> list[NewExecution]:
     """Five executions of ``orders`` a minute apart (and one of another trigger), statuses mixed."""
     made = [new_execution(context={"n": i}, started_at=D0 + timedelta(minutes=i)) for i in range(5)]
     for execution in made:
-        assert fired(store, execution, claim_for=None)
-    assert fired(store, new_execution("other", started_at=D0 + timedelta(minutes=10)), claim_for=None)
+        assert fired(store, execution, claim=False)
+    assert fired(store, new_execution("other", started_at=D0 + timedelta(minutes=10)), claim=False)
     store.finish_execution(made[0].execution_id, "succeeded", None, D0 + timedelta(minutes=20))
     store.finish_execution(made[2].execution_id, "failed", "boom", D0 + timedelta(minutes=20))
-    store.mark_running(made[3].execution_id, D0 + timedelta(minutes=20))
+    assert store.start_step(made[3].execution_id, "t3", T0 + 1200, T0 + 1230)
     return made
 
 
@@ -776,7 +1215,7 @@ def test_execution_history_orders_fires_within_one_second(store: SqlStore) -> No
         for i, eid in enumerate(["ffffffff-0", "00000000-1", "88888888-2", "11111111-3"])
     ]
     for execution in made:
-        assert fired(store, execution, claim_for=None)
+        assert fired(store, execution, claim=False)
     assert ids_of(store.execution_history("orders")) == [
         e.execution_id for e in reversed(made)
     ]
@@ -787,22 +1226,6 @@ def test_get_execution_of_an_unknown_id_is_a_key_error(store: SqlStore) -> None:
         store.get_execution("no-such-execution")
 
 
-def test_active_executions_filters_and_is_oldest_first(store: SqlStore) -> None:
-    made = _history_fixture(store)  # 0 succeeded, 1 queued, 2 failed, 3 running, 4 queued
-    other = store.execution_history("other")[0]["execution_id"]
-    ids = [e.execution_id for e in made]
-    far = D0 + timedelta(days=1)
-
-    assert ids_of(store.active_executions(far, 100)) == [ids[1], ids[3], ids[4], other]
-    assert ids_of(store.active_executions(far, 2)) == [ids[1], ids[3]]
-    assert ids_of(store.active_executions(D0 + timedelta(minutes=3), 100)) == [ids[1]]  # strictly before
-    assert ids_of(store.active_executions(D0 + timedelta(minutes=3, seconds=1), 100)) == [ids[1], ids[3]]
-    assert store.active_executions(D0, 100) == []
-    running = store.active_executions(far, 100)[1]
-    assert running["status"] == "running"
-    assert running["task_ids"] == made[3].task_ids
-
-
 @pytest.mark.sql_only
 def test_prune_executions_deletes_old_ended_rows_in_batches(store: SqlStore) -> None:
     cutoff = D0 + timedelta(days=30)
@@ -810,7 +1233,7 @@ def test_prune_executions_deletes_old_ended_rows_in_batches(store: SqlStore) -> 
     recent = new_execution(context={"n": "recent"})
     stuck = new_execution(context={"n": "stuck"}, started_at=D0 - timedelta(days=90))
     for execution in [*old, recent, stuck]:
-        assert fired(store, execution, claim_for=None)
+        assert fired(store, execution, claim=False)
     for i, execution in enumerate(old):
         status = FINAL_STATUSES[i % len(FINAL_STATUSES)]
         assert store.finish_execution(execution.execution_id, status, None, D0 + timedelta(hours=i))
@@ -848,7 +1271,7 @@ def _touch_every_datetime(store: SqlStore, when: datetime) -> tuple[dict[str, An
     store.finish_poll(lease, PollOutcome(error="x", fired_at=when), now)
     execution = new_execution(started_at=when)
     assert fired(store, execution, now)
-    store.mark_running(execution.execution_id, when + timedelta(seconds=1))
+    assert store.start_step(execution.execution_id, "t1", now + 1, now + 31)
     store.finish_execution(execution.execution_id, "succeeded", None, when + timedelta(seconds=2))
     return store.get_schedule("orders"), store.get_execution(execution.execution_id)
 
@@ -865,7 +1288,7 @@ def test_datetimes_are_timezone_aware_utc(store: SqlStore) -> None:
         assert_utc(execution[name])
     assert store.list_schedules()[0] == schedule
     assert store.execution_history("orders")[0] == execution
-    assert store.active_executions(D0 + timedelta(days=1), 10) == []
+    assert store.sweep_candidates(FAR, 10) == []
 
 
 def test_datetimes_round_trip_to_the_microsecond(store: SqlStore) -> None:

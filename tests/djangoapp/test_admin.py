@@ -8,12 +8,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from django.contrib import admin
 from django.contrib.auth.models import User
-from django.test import Client
+from django.db import connection
+from django.test import Client, RequestFactory
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from cloaca_celery.context import context_hash
-from cloaca_celery.store import NewExecution
+from cloaca_celery.store import NewExecution, TriggerSpec
+from django_cloaca.admin import TriggerFilter, WorkflowFilter
 from django_cloaca.models import TriggerExecution, TriggerSchedule
 from django_cloaca.store import DjangoStore
 
@@ -30,12 +34,12 @@ def _client(user: User, csrf: bool = False) -> Client:
 
 
 def _execution(store: DjangoStore, trigger: str, status: str, context: dict[str, Any],
-               started: datetime | None = None) -> str:
+               started: datetime | None = None, workflow: str = "django_invoices") -> str:
     execution_id = str(uuid.uuid4())
     store.record_fire(
-        NewExecution(execution_id, trigger, "django_invoices", context, context_hash(context),
+        NewExecution(execution_id, trigger, workflow, context, context_hash(context),
                      [execution_id], started or datetime.now(timezone.utc)),
-        None, time.time(),
+        claim=False, now=time.time(), deadline=time.time() + 600,
     )
     if status != "queued":
         store.finish_execution(execution_id, status, "boom" if status == "failed" else None,
@@ -154,7 +158,7 @@ def test_poll_now_goes_through_the_poll_task_and_dedup(
     store.record_fire(
         NewExecution(holder, "invoice_watcher", "django_invoices", {"invoice": "INV-9"},
                      context_hash({"invoice": "INV-9"}), [holder], datetime.now(timezone.utc)),
-        time.time() + 600, time.time(),
+        claim=True, now=store.now(), deadline=store.now() + 600,
     )
     _action(client, "poll_now", "invoice_watcher")
     assert len(store.execution_history("invoice_watcher")) == 2
@@ -200,3 +204,38 @@ def test_history_is_read_only_with_filters_search_and_links(superuser: User, sto
     assert TriggerExecution.objects.get(pk=ok).status == "succeeded"
     trigger_page = client.get(reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"]))
     assert "trigger_name__exact=invoice_watcher" in trigger_page.content.decode()
+
+
+def test_trigger_and_workflow_filters_take_their_choices_from_the_schedules(
+    superuser: User, store: DjangoStore
+) -> None:
+    """Their choices never scan the executions table (it grows with history; schedules do not)."""
+    store.sync_triggers([TriggerSpec("ledger_watch", "ledger_sync", 60.0, False)], time.time(), prune=False)
+    invoice = _execution(store, "invoice_watcher", "succeeded", {"invoice": "INV-3"})
+    ledger = _execution(store, "ledger_watch", "succeeded", {"ledger": 1}, workflow="ledger_sync")
+    request = RequestFactory().get(EXECUTIONS)
+    model_admin = admin.site._registry[TriggerExecution]
+
+    with CaptureQueriesContext(connection) as queries:
+        triggers = TriggerFilter(request, {}, TriggerExecution, model_admin).lookup_choices
+        workflows = WorkflowFilter(request, {}, TriggerExecution, model_admin).lookup_choices
+    assert list(triggers) == [(name, name) for name in ("invoice_watcher", "ledger_watch", "nightly_report")]
+    assert list(workflows) == [("django_invoices", "django_invoices"), ("ledger_sync", "ledger_sync")]
+    assert queries.captured_queries, "the choices were not read from the database"
+    for query in queries.captured_queries:
+        assert "cloaca_schedules" in query["sql"] and "cloaca_executions" not in query["sql"], query["sql"]
+
+    client = _client(superuser)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(EXECUTIONS).content.decode()
+    assert "?trigger_name__exact=ledger_watch" in page and "?workflow__exact=ledger_sync" in page
+    # (date_hierarchy's own DISTINCT over started_at is Django's, and not a filter's.)
+    filter_columns = ('"cloaca_executions"."trigger_name"', '"cloaca_executions"."workflow"')
+    scans = [q["sql"] for q in queries.captured_queries
+             if "DISTINCT" in q["sql"].upper() and any(column in q["sql"] for column in filter_columns)]
+    assert scans == []
+    assert len([q for q in queries.captured_queries if "cloaca_schedules" in q["sql"]]) >= 2
+    by_workflow = client.get(EXECUTIONS, {"workflow__exact": "ledger_sync"}).content.decode()
+    assert ledger in by_workflow and invoice not in by_workflow
+    by_trigger = client.get(EXECUTIONS, {"trigger_name__exact": "invoice_watcher"}).content.decode()
+    assert invoice in by_trigger and ledger not in by_trigger

@@ -66,9 +66,9 @@ def test_log_in_disable_a_trigger_and_read_its_history(live_server: Any, store: 
         context = {"invoice": f"INV-{1040 + i}", "customer": ["Acme", "Zoë & Co", "Initech", "Umbrella"][i]}
         store.record_fire(NewExecution(execution_id, "invoice_watcher", "django_invoices", context,
                                        context_hash(context), [execution_id], now - timedelta(minutes=9 - i)),
-                          None, now.timestamp())
+                          claim=False, now=now.timestamp(), deadline=now.timestamp() + 600)
         if status == "running":
-            store.mark_running(execution_id, now)
+            store.start_step(execution_id, execution_id, now.timestamp(), now.timestamp() + 600)
         else:
             store.finish_execution(execution_id, status,
                                    "ValueError: invoice total is negative" if status == "failed" else None,

@@ -7,9 +7,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
+from cloaca_celery.sqlengine import create_store_engine, redact_url
 from cloaca_celery.sqlstore import SqlStore, normalize_database_url
-from cloaca_celery.store import PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
+from cloaca_celery.store import NewExecution, PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
 
 T0 = 1_700_000_000.0
 LEASE = 60.0
@@ -62,6 +64,39 @@ def test_normalize_database_url(url: str, expected: str) -> None:
 def test_normalize_database_url_refuses_a_non_url() -> None:
     with pytest.raises(ValueError, match="nourl"):
         normalize_database_url("nourl")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:pw@db/prod?password=s3cret&sslmode=require",
+         "postgresql+psycopg://app:***@db/prod?password=***&sslmode=require"),
+        ("postgresql://db/prod?PassWord=s3cret&sslkey=/etc/k.pem&application_name=beat",
+         "postgresql+psycopg://db/prod?PassWord=***&application_name=beat&sslkey=***"),
+        ("mysql://root@db/app?auth_token=s3cret&charset=utf8mb4",
+         "mysql+pymysql://root@db/app?auth_token=***&charset=utf8mb4"),
+        ("postgresql://db/prod?passwd=s3cret%26more&client_secret=s3cret",
+         "postgresql+psycopg://db/prod?client_secret=***&passwd=***"),
+        ("mysql://root@db/app?charset=utf8mb4", "mysql+pymysql://root@db/app?charset=utf8mb4"),
+        ("not a url :: password=x?API_KEY=s3cret", "not a url :: password=x?API_KEY=***"),
+    ],
+)
+def test_redact_url_hides_passwords_and_secret_query_parameters(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "s3cret" not in redact_url(url)
+
+
+def test_store_errors_never_carry_the_statements_parameters(store: SqlStore) -> None:
+    """An error text may end up in a log or a poll's ``last_error``: never with a row's values."""
+    started = datetime.now(timezone.utc)
+    execution = NewExecution("e-1", "orders", "wf", {"api_token": "tok-s3cret"}, "h" * 64, ["e-1"], started)
+    assert store.record_fire(execution, claim=False, now=T0, deadline=T0 + 60) is True
+    with pytest.raises(IntegrityError) as caught:
+        store.record_fire(execution, claim=False, now=T0, deadline=T0 + 60)
+    assert "tok-s3cret" not in str(caught.value)
+    assert "parameters hidden" in str(caught.value)
+    for url in ("postgresql://app@db/prod", "mysql://root@db/app", "sqlite://"):
+        assert create_store_engine(url).hide_parameters is True, url
 
 
 def test_sqlstore_satisfies_the_store_protocol(store: SqlStore) -> None:
