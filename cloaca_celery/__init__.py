@@ -17,7 +17,7 @@ from .errors import (
 from .installation import install
 from .results import TriggerResult
 from .runner import DefaultRunner
-from .steps import task
+from .steps import WorkflowStep, task
 from .triggers import trigger
 from .workflows import Workflow, WorkflowBuilder, register_workflow
 
@@ -33,6 +33,7 @@ __all__ = [
     "Workflow",
     "WorkflowBuilder",
     "WorkflowDefinitionError",
+    "WorkflowStep",
     "context_hash",
     "install",
     "parse_duration",

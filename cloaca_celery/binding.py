@@ -11,7 +11,9 @@ from __future__ import annotations
 import weakref
 from typing import Any, Protocol
 
+from .clock import StoreClock
 from .errors import ConfigurationError
+from .leases import LeaseKeeper
 from .settings import Settings
 from .store import Store
 
@@ -24,6 +26,12 @@ class Runtime(Protocol):
 
     @property
     def store(self) -> Store: ...
+
+    @property
+    def clock(self) -> StoreClock: ...
+
+    @property
+    def leases(self) -> LeaseKeeper: ...
 
 
 _bound: weakref.WeakKeyDictionary[Any, Runtime] = weakref.WeakKeyDictionary()

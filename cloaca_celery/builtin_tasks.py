@@ -19,13 +19,15 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
-from .binding import Runtime
+from .binding import Runtime, runtime_of
 from .context import merge_contexts
-from .dispatch import dispatch_due
+from .dispatch import EXPIRY_ALLOWANCE, dispatch_due
 from .firing import Firer
-from .polling import Poller
+from .logs import log_throttled
+from .polling import Poller, dropped_late
+from .settings import Settings, resolve_settings
 from .slots import Slot
 from .sweep import sweep
 
@@ -48,8 +50,34 @@ _RECORD_RETRIES: dict[str, Any] = {
 
 def poller(app: Celery, runtime: Runtime) -> Poller:
     """A poller of ``app`` (fresh settings and store: the store may have been replaced after a fork)."""
-    firer = Firer(app, runtime.settings, runtime.store, COMPLETE_TASK, FAILED_TASK)
-    return Poller(runtime.settings, runtime.store, firer)
+    firer = Firer(app, runtime.settings, runtime.store, runtime.clock, COMPLETE_TASK, FAILED_TASK)
+    return Poller(runtime.settings, runtime.store, runtime.clock, firer)
+
+
+def poll_options(settings: Settings) -> dict[str, Any]:
+    """What every poll message carries, scheduled or manual: its time limits and its queue."""
+    options: dict[str, Any] = {
+        "soft_time_limit": settings.poll_time_limit,
+        "time_limit": settings.poll_hard_time_limit,
+    }
+    if settings.poll_queue:
+        options["queue"] = settings.poll_queue
+    return options
+
+
+def send_manual_poll(app: Celery, name: str, *, wait: bool) -> Any:
+    """Send ``cloaca.poll`` for ``name`` as the CLI's ``poll --fire`` and the admin's "poll now" do.
+
+    It carries the poll time limits and goes to the poll queue of the app's
+    settings (defaults, if cloaca is not installed on ``app`` here).
+    """
+    runtime = runtime_of(app)
+    settings = runtime.settings if runtime is not None else resolve_settings(app.conf, {})
+    options = {"ignore_result": not wait, **poll_options(settings)}
+    task = app.tasks.get(POLL_TASK)
+    if task is not None:  # through the task, so that task_always_eager runs it here
+        return task.apply_async(args=(name,), **options)
+    return app.send_task(POLL_TASK, args=(name,), **options)
 
 
 def register(app: Celery, runtime: Runtime) -> None:
@@ -76,18 +104,20 @@ def register(app: Celery, runtime: Runtime) -> None:
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:
         """Publish a ``cloaca.poll`` for every due trigger."""
-        return dispatch_due(app, runtime.settings, runtime.store, POLL_TASK)
+        return dispatch_due(app, runtime.settings, runtime.store, runtime.clock, POLL_TASK,
+                            poll_options(runtime.settings))
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def sweep_task() -> int:
         """End executions whose end was never reported (see :mod:`cloaca_celery.sweep`)."""
-        return sweep(app, runtime.settings, runtime.store)
+        return sweep(app, runtime.settings, runtime.store, runtime.clock)
 
     @app.task(name=COMPLETE_TASK, shared=False, ignore_result=False, serializer="json", **_RECORD_RETRIES)
     def complete(result: Any = None, *, execution: dict[str, Any]) -> Any:
         """The last step of every fired workflow: records its success and releases the claim."""
         runtime.store.finish_execution(
-            execution["execution_id"], "succeeded", None, datetime.now(timezone.utc)
+            execution["execution_id"], "succeeded", None,
+            datetime.fromtimestamp(runtime.clock.now(), tz=timezone.utc),
         )
         logger.info(
             "%s: workflow %r execution %s succeeded",
@@ -99,7 +129,12 @@ def register(app: Celery, runtime: Runtime) -> None:
 
     @app.task(name=FAILED_TASK, shared=False, ignore_result=True, serializer="json", **_RECORD_RETRIES)
     def failed(failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
-        """Linked as the error callback of every step: records the failure and releases the claim."""
+        """Linked as the error callback of every step: records the failure.
+
+        The execution ends ``failed``, and frees its claim, once no other step
+        of it runs: a parallel branch still running keeps it (and no new step
+        of it starts).
+        """
         error = f"task {failed_task_id} failed"
         if failed_task_id:
             try:
@@ -108,11 +143,28 @@ def register(app: Celery, runtime: Runtime) -> None:
                 outcome = None
             if outcome is not None:
                 error = f"task {failed_task_id} failed: {type(outcome).__name__}: {outcome}"
-        if runtime.store.finish_execution(
-            execution["execution_id"], "failed", error, datetime.now(timezone.utc)
-        ):
-            logger.warning(
-                "%s: workflow %r execution %s failed: %s",
-                execution.get("trigger_name"), execution.get("workflow"),
-                execution.get("execution_id"), error,
+        ended = runtime.store.request_end(
+            execution["execution_id"], "failed", error, runtime.clock.now(), failed_task_id
+        )
+        logger.warning(
+            "%s: workflow %r execution %s failed: %s%s",
+            execution.get("trigger_name"), execution.get("workflow"), execution.get("execution_id"),
+            error, "" if ended else " (it ends when its other running steps do)",
+        )
+
+    def on_expired(request: Any = None, sender: Any = None, expired: bool = False, **_: Any) -> None:
+        """Celery discarded an expired message of ours: a poll late by far more than its slot allows."""
+        name = getattr(request, "task", None) or getattr(request, "name", None)
+        if not expired or name not in (POLL_TASK, DISPATCH_TASK) or getattr(sender, "app", app) is not app:
+            return
+        if name == POLL_TASK:
+            args = getattr(request, "args", None) or ("?",)
+            dropped_late(str(args[0]), EXPIRY_ALLOWANCE)
+        else:
+            log_throttled(
+                logger, "dispatch-expired", logging.WARNING,
+                "dispatch: a tick from beat arrived expired: the workers are far behind, or beat's "
+                "clock is far from this worker's (see the clock warnings at start-up)", every=60.0,
             )
+
+    signals.task_revoked.connect(on_expired, weak=False)

@@ -28,7 +28,7 @@ from celery import Celery
 from celery.bin.base import CeleryCommand, CeleryOption, handle_preload_options
 from celery.exceptions import CeleryCommandException
 
-from .builtin_tasks import DISPATCH_TASK, POLL_TASK, SWEEP_TASK
+from .builtin_tasks import DISPATCH_TASK, SWEEP_TASK, send_manual_poll
 from .durations import format_duration, parse_duration
 from .errors import CloacaError, ConfigurationError, UnknownTriggerError
 from .health import UNHEALTHY_AFTER_ERRORS, assess_schedule
@@ -306,7 +306,7 @@ def poll(ctx: click.Context, name: str, fire: bool, timeout: float, as_json: boo
         _exit(str(exc), EX_USAGE)
     if fire:
         try:
-            result = inst.app.send_task(POLL_TASK, args=(name,), ignore_result=False)
+            result = send_manual_poll(inst.app, name, wait=True)
         except Exception as exc:  # noqa: BLE001 - the broker's refusal, in one line
             _exit(f"{name}: the poll could not be sent: the broker could not be reached: {exc}",
                   EX_UNAVAILABLE)

@@ -11,7 +11,6 @@ has passed, so an outage or a backlog leaves no burst of stale polls behind.
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -20,6 +19,7 @@ from typing import Any
 from celery import Celery, current_app
 from celery.schedules import schedstate, schedule
 
+from .clock import StoreClock
 from .logs import log_throttled, one_line
 from .settings import Settings
 from .slots import Slot
@@ -99,17 +99,26 @@ def _restored_tick(seconds: float) -> DispatchSchedule:
     return DispatchSchedule(_resolvers.get(app, lambda: seconds))
 
 
-def dispatch_due(app: Celery, settings: Settings, store: Store, poll_task: str,
-                 now: float | None = None) -> int:
-    """Claim the due triggers and publish one ``poll_task`` for each; return the count.
+EXPIRY_ALLOWANCE = 30.0
+"""Added to a poll's Celery ``expires``: Celery compares the sender's clock with the receiver's.
 
-    Polls are sent when due, never ahead with an ``eta``: a worker holding
-    many ``eta`` tasks starts at most ten of them per turn of its event loop
-    (kombu's ``Hub.fire_timers``) and may then wait up to a second, and a
-    Celery 5.7.0 worker holding unacknowledged messages exits when the Redis
-    connection drops.
+The poll itself drops itself precisely on the store's clock (its slot's
+``start_by``); Celery's own expiry, judged across two hosts' clocks, only
+keeps a long backlog from piling up, so it allows for clocks this far apart.
+"""
+
+
+def dispatch_due(app: Celery, settings: Settings, store: Store, clock: StoreClock, poll_task: str,
+                 options: dict[str, Any], now: float | None = None) -> int:
+    """Claim the due triggers and publish one ``poll_task`` (with ``options``) for each; return the count.
+
+    Times are the store's. Polls are sent when due, never ahead with an
+    ``eta``: a worker holding many ``eta`` tasks starts at most ten of them
+    per turn of its event loop (kombu's ``Hub.fire_timers``) and may then wait
+    up to a second, and a Celery 5.7.0 worker holding unacknowledged
+    messages exits when the Redis connection drops.
     """
-    now = time.time() if now is None else now
+    now = clock.now() if now is None else now
     try:
         due = store.claim_due(now, settings.dispatch_batch_size)
     except Exception as exc:  # noqa: BLE001 - every tick would fail alike: one line every 10 s
@@ -118,22 +127,16 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, poll_task: str,
         return 0
     if not due:
         return 0
-    options: dict[str, Any] = {
-        "soft_time_limit": settings.poll_time_limit,
-        "time_limit": settings.poll_hard_time_limit,
-        "ignore_result": True,
-    }
-    if settings.poll_queue:
-        options["queue"] = settings.poll_queue
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
             for item in due:
-                sending = time.time()
+                sending = clock.now()
                 slot = Slot.claimed(item.due, item.next_due, item.poll_interval, sending, item.errors)
                 app.send_task(
                     poll_task, args=(item.trigger_name,), kwargs={"slot": slot.as_message()},
-                    producer=producer, expires=max(slot.start_by - sending, 0.05), **options,
+                    producer=producer, expires=max(slot.start_by - sending, 0.0) + EXPIRY_ALLOWANCE,
+                    ignore_result=True, **options,
                 )
                 sent += 1
     except Exception as exc:  # noqa: BLE001 - the dropped polls come back next interval

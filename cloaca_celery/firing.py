@@ -15,7 +15,6 @@ can ask the result backend about each.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,10 +23,13 @@ from typing import Any
 from celery import Celery
 from celery.canvas import Signature, _chain, chain, chord, group
 
+from .clock import StoreClock
 from .context import canonical_json, context_hash
 from .errors import ContextError
+from .logs import one_line
 from .results import TriggerResult
 from .settings import Settings
+from .steps import WorkflowStep
 from .store import NewExecution, Store
 from .triggers import TriggerDefinition
 from .workflows import workflows
@@ -35,6 +37,8 @@ from .workflows import workflows
 logger = logging.getLogger("cloaca_celery.firing")
 
 RESERVED_KEYS = ("trigger_name", "triggered_at", "execution_id")
+
+_warned_unfenced: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class Fire:
     status: str
     context_hash: str
     execution_id: str | None = None
+    fired_at: datetime | None = None
 
 
 def fire_context(
@@ -74,30 +79,33 @@ def fire_context(
     return workflow_context, context_hash(user)
 
 
-def assign_task_ids(canvas: Signature, prefix: str, ids: list[str]) -> None:
-    """Give every task of ``canvas`` a known id (``<prefix>-<n>``), collected in ``ids``."""
+def assign_task_ids(canvas: Signature, prefix: str, ids: list[str], names: list[str]) -> None:
+    """Give every task of ``canvas`` a known id (``<prefix>-<n>``), collected in ``ids`` (their
+    task names in ``names``)."""
     if isinstance(canvas, (_chain, group)):
         for task in canvas.tasks:
-            assign_task_ids(task, prefix, ids)
+            assign_task_ids(task, prefix, ids, names)
         return
     if isinstance(canvas, chord):
         for task in canvas.tasks:
-            assign_task_ids(task, prefix, ids)
-        assign_task_ids(canvas.body, prefix, ids)
+            assign_task_ids(task, prefix, ids, names)
+        assign_task_ids(canvas.body, prefix, ids, names)
         return
     task_id = canvas.options.get("task_id") or f"{prefix}-{len(ids) + 1}"
     canvas.set(task_id=task_id)
     ids.append(task_id)
+    names.append(str(canvas.task))
 
 
 class Firer:
     """Fires workflows for one app against one store."""
 
-    def __init__(self, app: Celery, settings: Settings, store: Store, complete_task: str,
-                 failed_task: str) -> None:
+    def __init__(self, app: Celery, settings: Settings, store: Store, clock: StoreClock,
+                 complete_task: str, failed_task: str) -> None:
         self.app = app
         self.settings = settings
         self.store = store
+        self.clock = clock
         self.complete_task = complete_task
         self.failed_task = failed_task
 
@@ -117,7 +125,9 @@ class Firer:
             )
         execution_id = execution["execution_id"]
         ids: list[str] = []
-        assign_task_ids(canvas, execution_id, ids)
+        names: list[str] = []
+        assign_task_ids(canvas, execution_id, ids, names)
+        self._warn_unfenced(definition.workflow, names)
         complete = self.app.signature(self.complete_task, kwargs={"execution": execution})
         complete.set(task_id=execution_id)
         ids.append(execution_id)
@@ -125,8 +135,28 @@ class Firer:
         full.link_error(self.app.signature(self.failed_task, kwargs={"execution": execution}))
         return full, ids
 
-    def fire(self, definition: TriggerDefinition, result: TriggerResult, fired_at: datetime) -> Fire:
-        """Claim (non-concurrent triggers), write the execution row, publish the canvas."""
+    def _warn_unfenced(self, workflow: str, names: list[str]) -> None:
+        """Say once per workflow which of its tasks are plain Celery tasks, which nothing fences."""
+        if workflow in _warned_unfenced:
+            return
+        _warned_unfenced.add(workflow)
+        plain = sorted({n for n in names if not isinstance(self.app.tasks.get(n), WorkflowStep)})
+        if plain:
+            logger.warning(
+                "workflow %r: its tasks %s are plain Celery tasks: a message of one of them redelivered "
+                "after its execution ended would still run. Declare them with "
+                "@app.task(base=cloaca_celery.WorkflowStep) to have every delivery checked",
+                workflow, ", ".join(plain),
+            )
+
+    def fire(self, definition: TriggerDefinition, result: TriggerResult) -> Fire:
+        """Claim (non-concurrent triggers), write the execution row, publish the canvas.
+
+        Until its first step starts, the execution waits in the broker: the
+        sweep looks at it only after ``cloaca_queued_timeout``.
+        """
+        now = self.clock.now()
+        fired_at = datetime.fromtimestamp(now, tz=timezone.utc)
         execution_id = str(uuid.uuid4())
         context, digest = fire_context(
             definition, result, execution_id, fired_at, self.settings.max_context_bytes
@@ -137,14 +167,13 @@ class Firer:
         }
         canvas, task_ids = self.canvas(definition, context, execution)
         user_context = result.context.to_dict() if result.context is not None else {}
-        now = time.time()
         recorded = self.store.record_fire(
             NewExecution(
                 execution_id=execution_id, trigger_name=definition.name,
                 workflow=definition.workflow, context=user_context, context_hash=digest,
                 task_ids=task_ids, started_at=fired_at,
             ),
-            claim=not definition.allow_concurrent, now=now, deadline=now + self.settings.claim_grace,
+            claim=not definition.allow_concurrent, now=now, deadline=now + self.settings.queued_timeout,
         )
         if not recorded:
             logger.debug("%s: deduplicated: an execution with context %s is still active",
@@ -154,12 +183,12 @@ class Firer:
             canvas.apply_async()
         except Exception as exc:
             self.store.finish_execution(
-                execution_id, "failed", f"publish failed: {type(exc).__name__}: {exc}",
-                datetime.now(timezone.utc),
+                execution_id, "failed", f"publish failed: {one_line(exc)}",
+                datetime.fromtimestamp(self.clock.now(), tz=timezone.utc),
             )
             raise
         logger.info(
             "%s: fired workflow %r (execution %s, context %s)",
             definition.name, definition.workflow, execution_id, digest[:12],
         )
-        return Fire("fired", digest, execution_id)
+        return Fire("fired", digest, execution_id, fired_at)

@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import Any
 
 from celery import Celery, signals
@@ -23,18 +22,23 @@ from celery import Celery, signals
 from . import builtin_tasks, steps
 from .binding import bind, runtime_of
 from .builtin_tasks import DISPATCH_TASK, NOT_STEPS, SWEEP_TASK
-from .dispatch import DispatchSchedule, auto_dispatch_interval
+from .clock import StoreClock
+from .compat import upstream_problems_of
+from .dispatch import EXPIRY_ALLOWANCE, DispatchSchedule, auto_dispatch_interval
 from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
+from .leases import LeaseKeeper
 from .logs import quiet_plumbing_logs
 from .polling import Poller
-from .settings import Settings, check_option_names, resolve_settings
+from .settings import RETIRED, Settings, check_option_names, resolve_settings
 from .sqlstore import SqlStore
 from .store import Store
 from .triggers import HOW_TRIGGERS_ARE_FOUND, triggers
 from .workflows import workflows
 
 logger = logging.getLogger("cloaca_celery.installation")
+
+UNSAFE_CONTENT = ("pickle", "application/x-python-serialize", "yaml", "application/x-yaml")
 
 
 class Installation:
@@ -45,6 +49,8 @@ class Installation:
         self.options = options
         self._settings: Settings | None = None
         self._store: Store | None = None
+        self._clock: StoreClock | None = None
+        self._leases: LeaseKeeper | None = None
         self._lock = threading.RLock()
         self._pid = os.getpid()
 
@@ -69,6 +75,26 @@ class Installation:
                 self._store = store
             return self._store
 
+    @property
+    def clock(self) -> StoreClock:
+        """The store's clock as this process reads it (see :mod:`cloaca_celery.clock`)."""
+        with self._lock:
+            if self._clock is None:
+                self._clock = StoreClock(lambda: self.store.now())
+            return self._clock
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        """The heartbeat of the executions with a step running in this process."""
+        with self._lock:
+            if self._leases is None:
+                settings = self.settings
+                self._leases = LeaseKeeper(
+                    lambda ids, until: self.store.renew_leases(ids, until), self.clock.now,
+                    settings.heartbeat_interval, settings.heartbeat_misses,
+                )
+            return self._leases
+
     def poller(self) -> Poller:
         return builtin_tasks.poller(self.app, self)
 
@@ -88,12 +114,14 @@ class Installation:
         beat_schedule[DISPATCH_TASK] = {
             "task": DISPATCH_TASK,
             "schedule": tick,
-            "options": {"expires": 2.0, **queue},
+            # Celery judges expires on the receiving worker's clock against beat's: a generous
+            # bound that only keeps a long backlog of ticks from piling up (see dispatch.EXPIRY_ALLOWANCE).
+            "options": {"expires": EXPIRY_ALLOWANCE, **queue},
         }
         beat_schedule[SWEEP_TASK] = {
             "task": SWEEP_TASK,
             "schedule": settings.sweep_interval,
-            "options": {"expires": settings.sweep_interval, **queue},
+            "options": {"expires": max(settings.sweep_interval, EXPIRY_ALLOWANCE), **queue},
         }
         conf.beat_schedule = beat_schedule
 
@@ -115,13 +143,14 @@ class Installation:
                 problems.append(
                     f"Celery setting {key}={value!r}: cloaca only uses JSON; set {key}='json'"
                 )
-        accept = conf.get("accept_content") or ["json"]
-        unsafe = [c for c in accept if c in ("pickle", "application/x-python-serialize", "yaml")]
-        if unsafe:
-            problems.append(
-                f"Celery setting accept_content={list(accept)!r} accepts {', '.join(unsafe)}; "
-                "cloaca refuses unsafe serializers: set accept_content=['json']"
-            )
+        for key in ("accept_content", "result_accept_content"):
+            accept = conf.get(key) or ["json"]
+            unsafe = [c for c in accept if c in UNSAFE_CONTENT]
+            if unsafe:
+                problems.append(
+                    f"Celery setting {key}={list(accept)!r} accepts {', '.join(unsafe)}; "
+                    f"cloaca refuses unsafe serializers: set {key}=['json']"
+                )
         return problems
 
     def start(self, role: str) -> None:
@@ -143,7 +172,12 @@ class Installation:
         store = self.store
         # Workers run the polls, so their trigger list is the one that counts:
         # only a worker marks vanished triggers unregistered. Beat just adds rows.
-        store.sync_triggers([d.spec() for d in triggers], time.time(), prune=role == "worker", spread=True)
+        self.clock.check(role)
+        for name in self.settings.retired:
+            logger.warning("cloaca: setting cloaca_%s is no longer used and is ignored: %s; remove it",
+                           name, RETIRED[name])
+        specs = [d.spec() for d in triggers]
+        store.sync_triggers(specs, self.clock.now(), prune=role == "worker", spread=True)
         # Close before the pool (and an embedded beat) fork: a SQLite connection
         # must never be inherited by a child process.
         store.close()
@@ -161,7 +195,9 @@ class Installation:
 
     def after_fork(self) -> None:
         """In a new pool process: drop inherited connections (``store`` does), then open one
-        so the first poll does not pay for it."""
+        so the first poll does not pay for it. Heartbeats start afresh: the parent's are its own."""
+        with self._lock:
+            self._leases = None
         try:
             self.store.ping()
         except Exception as exc:  # noqa: BLE001 - the first poll will report it properly
@@ -257,6 +293,8 @@ def install(app: Celery, **options: Any) -> Installation:
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             installation.announce("worker")
+            for problem in upstream_problems_of(app):
+                logger.warning("cloaca: %s", problem)
 
     def on_beat_init(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:

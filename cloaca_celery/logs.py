@@ -72,3 +72,17 @@ def one_line(exc: BaseException) -> str:
     """``Type: first line of the message``: database errors carry the SQL and a link after it."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+_DATABASE_MODULES = ("sqlalchemy.", "django.db", "psycopg", "psycopg2", "pymysql", "MySQLdb", "sqlite3")
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` for a trigger's history; a database error by its first line only.
+
+    A database driver's message goes on with the SQL statement and its
+    parameters (a context, a state): those never reach ``last_error``.
+    """
+    if any(cls.__module__.startswith(_DATABASE_MODULES) for cls in type(exc).__mro__):
+        return one_line(exc)
+    return f"{type(exc).__name__}: {exc}"

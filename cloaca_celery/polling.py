@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from .clock import StoreClock
 from .context import check_json_value
 from .errors import ContextError, UnknownTriggerError
 from .firing import Firer
-from .logs import one_line
+from .logs import error_text, log_throttled, one_line
 from .settings import Settings
 from .slots import Slot
 from .store import PollLease, PollOutcome, PollRefusal, Store
@@ -49,12 +49,28 @@ class PollReport:
         }
 
 
+def dropped_late(name: str, late_by: float) -> None:
+    """A poll that waited too long to start: counted, and logged at most once a minute per trigger."""
+    late_polls[name] = late_polls.get(name, 0) + 1
+    log_throttled(
+        logger, f"late:{name}", logging.WARNING,
+        "%s: poll dropped unrun: it started %.2fs after it had to (half an interval after it was sent); "
+        "%d dropped so far in this process. The workers are short of time for the polls due",
+        name, late_by, late_polls[name], every=60.0,
+    )
+
+
+late_polls: dict[str, int] = {}
+"""Polls dropped as late in this process, by trigger (the health counters read it)."""
+
+
 class Poller:
     """Runs polls for one app against one store (one per worker process)."""
 
-    def __init__(self, settings: Settings, store: Store, firer: Firer) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: StoreClock, firer: Firer) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
         self.firer = firer
 
     def poll(self, name: str, slot: Slot | None = None, *, now: float | None = None) -> PollReport:
@@ -73,11 +89,11 @@ class Poller:
         except UnknownTriggerError as exc:
             logger.warning("%s: not polled: %s (is this worker running the same code as beat?)", name, exc)
             return PollReport(name, "not_polled", "unknown trigger")
-        started = time.time() if now is None else now
+        started = self.clock.now() if now is None else now
         if slot is not None and started > slot.start_by:
             # Waited in the queue more than half an interval: the next slot's poll would follow
             # at once, and under load a late poll only makes the next one later. Dropped, at no cost.
-            logger.debug("%s: not polled (waited more than half an interval to start)", name)
+            dropped_late(name, started - slot.start_by)
             return PollReport(name, "not_polled", "late")
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
         taken: PollLease | PollRefusal
@@ -98,11 +114,14 @@ class Poller:
             taken = replace(taken, token=uuid.uuid4().hex)
             watch_token = taken.token
 
+            clock = self.clock
+
             def take() -> bool:
-                at = time.time()
+                at = clock.now()
                 return store.extend_poll_lease(name, watch_token, at + lease_seconds, at)
 
-            watch = watchdog.watch(slot.lease_by, take, name)
+            # The watchdog waits on this host's clock: the deadline, moved from the store's.
+            watch = watchdog.watch(slot.lease_by - clock.offset, take, name)
         not_before = started + definition.poll_interval / 2 if slot is not None else None
         return self._poll_leased(definition, taken, watch, not_before)
 
@@ -134,25 +153,24 @@ class Poller:
             report = PollReport(name, "error", error)
             logger.warning("%s: poll %s", name, error)
         except Exception as exc:  # noqa: BLE001 - the trigger's own failure is recorded, not raised
-            error = f"{type(exc).__name__}: {exc}"
+            error = error_text(exc)
             report = PollReport(name, "error", error)
             self._log_error(definition, lease, error, exc)
         else:
             if result.is_skip_result():
                 report = PollReport(name, "skipped")
             else:
-                fired_at = datetime.now(timezone.utc)
                 try:
-                    report = self._fire(definition, result, fired_at)
+                    fire = self.firer.fire(definition, result)
                 except Exception as exc:  # noqa: BLE001 - a failed fire is recorded on the schedule
-                    error = f"fire failed: {type(exc).__name__}: {exc}"
+                    error = f"fire failed: {error_text(exc)}"
                     report = PollReport(name, "error", error)
-                    fired_at = None
                     self._log_error(definition, lease, error, exc)
                 else:
-                    if report.status == "deduplicated":
-                        fired_at = None
-                        deduplicated = True
+                    report = PollReport(name, fire.status, definition.workflow, fire.execution_id,
+                                        fire.context_hash)
+                    fired_at = fire.fired_at
+                    deduplicated = fire.status == "deduplicated"
         new_state: dict[str, Any] | None = None
         if state is not None and state != lease.state:
             try:
@@ -168,7 +186,7 @@ class Poller:
             saved = self.store.finish_poll(
                 lease,
                 PollOutcome(error=error, fired_at=fired_at, state=new_state, deduplicated=deduplicated),
-                time.time(), not_before,
+                self.clock.now(), not_before,
             )
         except Exception as exc:  # noqa: BLE001 - the lease expires by itself; report and go on
             logger.warning("%s: poll outcome not saved: the store is unreachable: %s", name, one_line(exc))
@@ -177,11 +195,6 @@ class Poller:
             why = "outlived its lease" if lease.held else "found its state changed by another poll"
             logger.warning("%s: poll %s; its outcome and state were not saved", name, why)
         return report
-
-    def _fire(self, definition: TriggerDefinition, result: Any, fired_at: datetime) -> PollReport:
-        fire = self.firer.fire(definition, result, fired_at)
-        return PollReport(definition.name, fire.status, definition.workflow, fire.execution_id,
-                          fire.context_hash)
 
     @staticmethod
     def _log_error(definition: TriggerDefinition, lease: PollLease, error: str, exc: BaseException) -> None:

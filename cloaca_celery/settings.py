@@ -29,11 +29,21 @@ DEFAULTS: dict[str, Any] = {
     "poll_queue": None,
     "dispatch_queue": None,
     "max_context_bytes": 1024 * 1024,
-    "claim_grace": "10m",
-    "claim_ttl": "6h",
+    "heartbeat_interval": "10s",
+    "heartbeat_misses": 3,
+    "queued_timeout": "6h",
     "sweep_interval": "5s",
+    "history_retention": "30d",
 }
 """Every ``cloaca_`` setting and its default."""
+
+RETIRED = {
+    "claim_grace": "liveness is judged by heartbeats now: see cloaca_heartbeat_interval and "
+                   "cloaca_heartbeat_misses",
+    "claim_ttl": "a claim no longer expires by age: a running workflow keeps it however long it runs, and "
+                 "cloaca_queued_timeout bounds one whose steps never start",
+}
+"""Settings of earlier versions that are accepted, ignored, and named in a start-up warning."""
 
 
 @dataclass(frozen=True)
@@ -51,9 +61,17 @@ class Settings:
     poll_queue: str | None
     dispatch_queue: str | None
     max_context_bytes: int
-    claim_grace: float
-    claim_ttl: float
+    heartbeat_interval: float
+    heartbeat_misses: int
+    queued_timeout: float
     sweep_interval: float
+    history_retention: float | None
+    retired: tuple[str, ...] = ()
+
+    @property
+    def lease(self) -> float:
+        """How long a step's lease lasts without a heartbeat: the missed renewals that make it lost."""
+        return self.heartbeat_interval * self.heartbeat_misses
 
     @property
     def poll_hard_time_limit(self) -> float:
@@ -62,7 +80,7 @@ class Settings:
 
 
 def check_option_names(options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - set(DEFAULTS))
+    unknown = sorted(set(options) - set(DEFAULTS) - set(RETIRED))
     if unknown:
         raise ConfigurationError(
             f"install(): unknown option(s) {', '.join(unknown)}; "
@@ -81,6 +99,20 @@ def _conf_value(conf: Any, name: str) -> Any:
     return None
 
 
+NONE_ALLOWED = frozenset({"history_retention"})
+"""Settings for which ``None`` is a value (keep everything), not "unset"."""
+
+
+def _conf_sets_none(conf: Any, name: str) -> bool:
+    for key in (f"cloaca_{name}", f"CLOACA_{name.upper()}"):
+        try:
+            if key in conf and conf.get(key) is None:
+                return True
+        except Exception:  # noqa: BLE001 - a conf that cannot answer sets nothing
+            continue
+    return False
+
+
 def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
     """Merge ``options`` over ``app.conf`` over :data:`DEFAULTS` and check them."""
     raw: dict[str, Any] = {}
@@ -89,7 +121,10 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
             raw[name] = options[name]
         else:
             value = _conf_value(conf, name)
-            raw[name] = default if value is None else value
+            if value is None and name in NONE_ALLOWED and _conf_sets_none(conf, name):
+                raw[name] = None
+            else:
+                raw[name] = default if value is None else value
 
     home = Path(os.path.expanduser(str(raw["home"])))
     embedded_opt = raw["embedded"]
@@ -126,6 +161,18 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         raise ConfigurationError(
             f"setting cloaca_dispatch_batch_size: expected a positive integer, got {batch!r}"
         )
+    misses = raw["heartbeat_misses"]
+    if not isinstance(misses, int) or isinstance(misses, bool) or misses < 2:
+        raise ConfigurationError(
+            f"setting cloaca_heartbeat_misses: expected an integer of at least 2 (how many missed "
+            f"renewals make a step's execution lost), got {misses!r}"
+        )
+    retention = raw["history_retention"]
+    if retention is not None:
+        retention = _duration(retention, "history_retention")
+    retired = tuple(sorted(
+        name for name in RETIRED if name in options or _conf_value(conf, name) is not None
+    ))
     max_bytes = raw["max_context_bytes"]
     if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 2:
         raise ConfigurationError(
@@ -147,9 +194,12 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         poll_queue=raw["poll_queue"],
         dispatch_queue=raw["dispatch_queue"],
         max_context_bytes=max_bytes,
-        claim_grace=_duration(raw["claim_grace"], "claim_grace"),
-        claim_ttl=_duration(raw["claim_ttl"], "claim_ttl"),
+        heartbeat_interval=_duration(raw["heartbeat_interval"], "heartbeat_interval"),
+        heartbeat_misses=misses,
+        queued_timeout=_duration(raw["queued_timeout"], "queued_timeout"),
         sweep_interval=_duration(raw["sweep_interval"], "sweep_interval"),
+        history_retention=retention,
+        retired=retired,
     )
 
 

@@ -1,19 +1,24 @@
 """Workflow steps: the ``@task`` decorator, and the runtime around every step of a fired workflow.
 
+Every step of a fired workflow carries its execution in its first argument
+(the context). While a step runs, its execution holds a lease that this
+process's heartbeat renews (:mod:`cloaca_celery.leases`); its start and end
+are written to the store (``start_step`` / ``end_step``), so the sweep knows
+whether any step of an execution can still be running.
+
 A ``@task`` step is a real Celery task whose class is :class:`WorkflowStep`.
-Around the user's function the class
+Before the user's function runs, on every delivery, it asks the store to
+start the step: the answer says whether the execution is still the live
+holder of its claim, and a step of an execution that has ended (or is ending
+after another step failed) does not run (``Ignore``, logged). It also records
+the step's STARTED state beside it, on a background thread, instead of
+Celery's ``track_started`` write before its first line, and never after its
+end. A step raising ``Retry`` keeps its execution's lease until its retry is
+due, plus the lease.
 
-* records the step's STARTED state beside it, on a background thread,
-  instead of Celery's ``track_started`` write before its first line, and
-  never after its end;
-* does not run a step of an execution that has already ended (a message
-  redelivered after the sweep ended its execution): ``Ignore``, logged once.
-
-Every step of a fired workflow, ``@task`` or a plain Celery task of a
-``register_workflow`` canvas, carries its execution in its first argument
-(the context); for those the signals connected by :func:`connect` mark the
-execution ``running`` when its first step starts and ``revoked`` when a
-step is revoked.
+Plain Celery tasks of a ``register_workflow`` canvas get the same start, end
+and heartbeat through signals (:func:`connect`), but a signal cannot keep a
+task from running: declare them with ``base=cloaca.WorkflowStep`` to fence them.
 """
 
 from __future__ import annotations
@@ -28,14 +33,14 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from celery import Celery, Task, shared_task, signals, states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, Retry
 
 from .background import defer_until_end, deferred, task_ends
-from .binding import runtime_of
+from .binding import Runtime, runtime_of
 from .context import Context, check_json_value, merge_contexts
 from .errors import ConfigurationError
+from .logs import one_line
 from .registries import Registry
-from .store import FINAL_STATUSES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,6 +127,58 @@ def execution_of(args: Any) -> str | None:
     return None
 
 
+def step_starts(runtime: Runtime, execution_id: str, task_id: str) -> bool:
+    """Write the step's start and take its lease; ``False`` if its execution has ended or is ending.
+
+    A store that cannot be reached cannot say: the step runs (no other copy
+    can start meanwhile, since firing needs the store too).
+    """
+    clock, leases = runtime.clock, runtime.leases
+    try:
+        now = clock.now()
+        live = runtime.store.start_step(execution_id, task_id, now, now + leases.ttl)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        logger.warning("execution %s: the start of step %s was not recorded, the store is unreachable "
+                       "(%s); the step runs", execution_id, task_id, one_line(exc))
+        live = True
+    if live:
+        leases.hold(execution_id)
+    return live
+
+
+def step_ends(runtime: Runtime, execution_id: str, task_id: str, retry_at: float | None = None,
+              eager: bool = False) -> None:
+    """Release the step's lease here and record its end in the store (beside, not in the way).
+
+    ``retry_at`` (store clock): the step waits to retry until then, and keeps
+    its execution's lease until then plus the lease.
+    """
+    runtime.leases.release(execution_id)
+    clock, store, settings = runtime.clock, runtime.store, runtime.settings
+
+    def record() -> None:
+        now = clock.now()
+        retry_until = None if retry_at is None else retry_at + settings.lease
+        store.end_step(execution_id, task_id, now, now + settings.queued_timeout, retry_until)
+
+    if eager:
+        record()
+    else:
+        deferred.defer(record, f"execution {execution_id}: end of step {task_id}")
+
+
+def retry_at(runtime: Runtime, when: Any) -> float:
+    """When a ``Retry`` is due, on the store's clock (``when`` is a countdown or a local datetime)."""
+    now = runtime.clock.now()
+    if isinstance(when, datetime):
+        moment = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+        return now + max(0.0, moment.timestamp() - datetime.now(timezone.utc).timestamp())
+    try:
+        return now + max(0.0, float(when or 0))
+    except (TypeError, ValueError):
+        return now
+
+
 class WorkflowStep(Task):  # type: ignore[misc]
     """The Celery task class of cloaca's ``@task`` steps (see the module docstring)."""
 
@@ -130,18 +187,36 @@ class WorkflowStep(Task):  # type: ignore[misc]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         request = self.request
+        execution_id = execution_of(args)
+        runtime = runtime_of(self.app)
+        if execution_id is not None and runtime is not None and task_id:
+            if not step_starts(runtime, execution_id, task_id):
+                logger.warning(
+                    "%s: step %r of execution %s not run: the execution has ended, or is ending "
+                    "after another of its steps failed", args[0].get("trigger_name"), self.name, execution_id,
+                )
+                raise Ignore()
+            request.cloaca_execution = execution_id
         if self.cloaca_track_started and not request.is_eager and task_id:
             self._record_started(task_id)
-        if self._execution_has_ended(args):
-            raise Ignore()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        retrying: Retry | None = None
         try:
             return super().__call__(*args, **kwargs)
+        except Retry as exc:
+            retrying = exc
+            raise
         finally:
+            request = self.request
             # Before Celery stores the outcome: a STARTED not yet written never follows it.
-            if self.request.id:
-                task_ends(self.request.id)
+            if request.id:
+                task_ends(request.id)
+            execution_id = getattr(request, "cloaca_execution", None)
+            runtime = runtime_of(self.app)
+            if execution_id is not None and runtime is not None:
+                at = None if retrying is None else retry_at(runtime, retrying.when)
+                step_ends(runtime, execution_id, request.id, at, eager=bool(request.is_eager))
 
     def _record_started(self, task_id: str) -> None:
         """Store the STARTED state (what Celery's ``track_started`` stores), beside the step.
@@ -158,38 +233,6 @@ class WorkflowStep(Task):  # type: ignore[misc]
             backend.store_result(task_id, meta, states.STARTED, request=request)
 
         defer_until_end(task_id, store, f"task {task_id}: its STARTED state")
-
-    def _execution_has_ended(self, args: Any) -> bool:
-        """Whether this step belongs to a fired execution that has already ended.
-
-        A step message can outlive its execution: a worker dies with it
-        prefetched, the sweep ends the execution as ``lost`` (freeing its
-        claim), and the broker redelivers the message later. Running it then
-        would run the same work twice at once. Only a redelivered message can
-        (Redis, RabbitMQ and kombu's virtual transports say which), so a first
-        delivery needs no look. Outside a fired workflow, or if the store
-        cannot say, the step runs.
-        """
-        execution_id = execution_of(args)
-        if execution_id is None:
-            return False
-        delivery = self.request.delivery_info or {}
-        if delivery.get("redelivered", True) is False:
-            return False
-        runtime = runtime_of(self.app)
-        if runtime is None:
-            return False
-        try:
-            status = runtime.store.get_execution(execution_id)["status"]
-        except Exception:  # noqa: BLE001 - unknown (pruned, store down): let the step run
-            return False
-        if status not in FINAL_STATUSES:
-            return False
-        logger.warning(
-            "%s: step %r of execution %s not run: the execution already ended (%s)",
-            args[0].get("trigger_name"), self.name, execution_id, status,
-        )
-        return True
 
 
 def task(
@@ -284,41 +327,50 @@ def _check_step_signature(fn: Callable[..., Any], task_id: str) -> None:
 
 
 def connect(app: Celery, skip: frozenset[str]) -> None:
-    """Connect the signals that follow every step of ``app``'s fired workflows.
+    """Connect the signals that follow the steps of ``app``'s fired workflows.
 
-    ``skip`` names the tasks that carry an execution but are no step of it
-    (cloaca's own ``complete`` and ``failed``).
+    For plain Celery tasks (not :class:`WorkflowStep`): the step's start,
+    end and heartbeat. For every step: a revoke ends its execution
+    ``revoked`` once no other step of it runs. ``skip`` names the tasks that
+    carry an execution but are no step of it (cloaca's own ``complete`` and
+    ``failed``).
     """
 
-    def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+    def plain_step(task: Any, args: Any) -> tuple[Runtime, str] | None:
         if getattr(task, "app", None) is not app or getattr(task, "name", None) in skip:
-            return
+            return None
+        if isinstance(task, WorkflowStep):
+            return None
         execution_id = execution_of(args)
         runtime = runtime_of(app)
         if execution_id is None or runtime is None:
-            return
-        at = datetime.now(timezone.utc)
-        lease_until = at.timestamp() + runtime.settings.claim_grace
-        if task.request.is_eager:
-            # Run in the caller's thread (tests, DefaultRunner): no write behind its back.
-            runtime.store.start_step(execution_id, task_id, at.timestamp(), lease_until)
-            return
-        # Recorded beside the step, not before it: the step does not wait for the store.
-        store = runtime.store
-        deferred.defer(lambda: store.start_step(execution_id, task_id, at.timestamp(), lease_until),
-                       f"execution {execution_id}: start of its step")
+            return None
+        return runtime, execution_id
 
-    def on_task_postrun(task_id: str = "", **_: Any) -> None:
+    def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
+        found = plain_step(task, args)
+        if found is not None and task_id:
+            step_starts(found[0], found[1], task_id)
+
+    def on_task_postrun(task_id: str = "", task: Any = None, args: Any = (), retval: Any = None,
+                        state: str | None = None, **_: Any) -> None:
         task_ends(task_id)  # normally done by the step itself; this covers a step that never ran
+        found = plain_step(task, args)
+        if found is not None and task_id:
+            runtime, execution_id = found
+            retrying = state == states.RETRY and isinstance(retval, Retry)
+            at = retry_at(runtime, retval.when) if retrying else None
+            eager = bool(getattr(task.request, "is_eager", False))
+            step_ends(runtime, execution_id, task_id, at, eager=eager)
 
     def on_task_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
         execution_id = execution_of(getattr(request, "args", None))
         runtime = runtime_of(app)
         if execution_id is None or runtime is None or getattr(sender, "app", app) is not app:
             return
-        runtime.store.finish_execution(
-            execution_id, "revoked", f"task {getattr(request, 'id', '?')} was revoked",
-            datetime.now(timezone.utc),
+        task_id = getattr(request, "id", None)
+        runtime.store.request_end(
+            execution_id, "revoked", f"task {task_id or '?'} was revoked", runtime.clock.now(), task_id,
         )
 
     signals.task_prerun.connect(on_task_prerun, weak=False)

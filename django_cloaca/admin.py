@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from cloaca_celery.builtin_tasks import POLL_TASK
+from cloaca_celery.builtin_tasks import DISPATCH_TASK, send_manual_poll
 from cloaca_celery.durations import format_duration
 
 from .models import TriggerExecution, TriggerSchedule
@@ -110,7 +110,7 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             schedule = _celery_app().conf.beat_schedule or {}
         except Exception:  # noqa: BLE001 - no Celery app is itself the thing to warn about
             schedule = {}
-        if "cloaca.dispatch" not in schedule:
+        if DISPATCH_TASK not in schedule:
             self.message_user(
                 request,
                 "The Celery app of this project has no 'cloaca.dispatch' beat entry: call "
@@ -175,14 +175,10 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
                 messages.WARNING,
             )
         app = _celery_app()
-        poll = app.tasks.get(POLL_TASK)
         sent: list[str] = []
         for name in [name for name, registered, enabled in rows if registered and enabled]:
             try:
-                if poll is not None:
-                    poll.apply_async(args=(name,))
-                else:
-                    app.send_task(POLL_TASK, args=(name,), ignore_result=True)
+                send_manual_poll(app, name, wait=False)
             except Exception as exc:  # noqa: BLE001 - shown to the operator, who can retry
                 self.message_user(request, f"{name}: the poll could not be sent: {exc}", messages.ERROR)
                 continue
