@@ -18,6 +18,7 @@ import pytest
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.poll_reports import wait_for_polls_to_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -111,6 +112,7 @@ def test_non_concurrent_trigger_never_runs_one_context_twice_at_once(
     wait_until(lambda: (active(), len(_records(redis_client, f"steps:{name}")) >= 3)[1], 30,
                "three finished steps", project)
     redis_client.delete(f"go:{name}")
+    wait_for_polls_to_end(redis_client, name, project)  # a poll that read go: may fire after the delete
     wait_until(lambda: active() == 0, 15, "the last execution to end", project)
 
     assert max(seen) == 1, "two executions of one context were active at once"
@@ -140,6 +142,7 @@ def test_concurrent_trigger_runs_the_same_context_several_times_at_once(
 
     wait_until(lambda: len(_records(redis_client, f"steps:{name}")) >= 6, 30, "six finished steps", project)
     redis_client.delete(f"go:{name}")
+    wait_for_polls_to_end(redis_client, name, project)
     wait_until(lambda: all(r["status"] == "succeeded" for r in _history(runner, name)), 15,
                "every execution to end", project)
     rows = _history(runner, name)
@@ -175,6 +178,7 @@ def test_two_beats_and_two_workers_neither_double_polls_nor_overlap_executions(
     active = _active_watch(runner, name, seen)
     wait_until(lambda: (active(), polls()[-1]["t"] - start >= 15.0)[1], 30, "15 s of polling", project)
     redis_client.delete(f"go:{name}")
+    wait_for_polls_to_end(redis_client, name, project)  # a poll that read go: may fire after the delete
     wait_until(lambda: active() == 0, 15, "the last execution to end", project)
 
     window = [p for p in polls() if p["t"] >= start]

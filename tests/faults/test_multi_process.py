@@ -21,6 +21,7 @@ import pytest
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, FINAL_STATUSES
 from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.poll_reports import wait_for_polls_to_end
 from tests.faults.helpers import ALL_QUEUES, faults_project, history, leaked_claims, max_overlap, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
@@ -59,6 +60,8 @@ def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_co
         time.sleep(0.2)
     redis_client.delete("go:serial", "go:parallel")
     stopped = time.time()
+    for name in ("serial", "parallel"):  # a poll that read go: may fire after the delete
+        wait_for_polls_to_end(redis_client, name, project)
 
     def settled() -> bool:
         rows = history(sqlite_store, "serial") + history(sqlite_store, "parallel")

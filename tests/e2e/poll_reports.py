@@ -1,0 +1,45 @@
+"""Which polls of a trigger are still under way: the test apps report them, the tests wait.
+
+A poll that read a control key (``go:<trigger>``) just before the test
+changed it may still fire a moment later, after the test saw no execution
+active. The e2e and faults apps run in the worker: each trigger records its
+``cloaca.poll`` task (``poll_fields``) in ``polls:<trigger>`` before it reads
+its keys, and the worker adds every poll task that ends, its fire written and
+sent, to the set ``poll_ended:<trigger>`` (``report_poll_ends``). The test
+waits for the polls begun so far to end (``wait_for_polls_to_end``).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from celery import current_task, signals
+
+from tests.e2e.harness import CeleryProject, wait_until
+
+
+def poll_fields() -> dict[str, Any]:
+    """The poll task's id and its slot (``due``), or ``None`` for a poll run outside a worker."""
+    request = current_task.request if current_task else None
+    return {"task": request and request.id, "due": request and (request.kwargs or {}).get("due")}
+
+
+def report_poll_ends(client: Any) -> None:
+    """From now on, each ``cloaca.poll`` task that ends is added to ``poll_ended:<trigger>``."""
+
+    @signals.task_postrun.connect(weak=False)
+    def poll_ended(task: Any = None, task_id: str | None = None, args: Any = None, **_: Any) -> None:
+        if getattr(task, "name", "") == "cloaca.poll" and args:
+            client.sadd(f"poll_ended:{args[0]}", task_id or "")
+
+
+def wait_for_polls_to_end(client: Any, trigger: str, project: CeleryProject, timeout: float = 30.0) -> None:
+    """Wait until every poll of ``trigger`` begun so far has ended, its fire written and sent."""
+    begun = {json.loads(x)["task"] for x in client.lrange(f"polls:{trigger}", 0, -1)} - {None}
+    assert begun, f"no poll of {trigger!r} reported its task: does the app call poll_fields()?"
+
+    def ended() -> bool:
+        return begun <= {x.decode() for x in client.smembers(f"poll_ended:{trigger}")}
+
+    wait_until(ended, timeout, f"the polls of {trigger!r} under way to end", project)
