@@ -20,9 +20,10 @@ from tests.e2e.harness import CeleryProject, wait_until
 
 
 def poll_fields() -> dict[str, Any]:
-    """The poll task's id and its slot (``due``), or ``None`` for a poll run outside a worker."""
+    """The poll task's id and its slot's ``due``; ``None`` outside a worker or for a manual poll."""
     request = current_task.request if current_task else None
-    return {"task": request and request.id, "due": request and (request.kwargs or {}).get("due")}
+    slot = ((request.kwargs or {}).get("slot") if request else None) or {}
+    return {"task": request and request.id, "due": slot.get("due")}
 
 
 def report_poll_ends(client: Any) -> None:
