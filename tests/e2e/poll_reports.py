@@ -7,10 +7,15 @@ active. The e2e and faults apps run in the worker: each trigger records its
 its keys, and the worker adds every poll task that ends, its fire written and
 sent, to the set ``poll_ended:<trigger>`` (``report_poll_ends``). The test
 waits for the polls begun so far to end (``wait_for_polls_to_end``).
+
+The slot a poll ran for (its ``due``) also says, whatever the load, whether
+a slot was polled twice (``assert_one_poll_per_slot``) and whether a poll ran
+after its slot had passed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -44,3 +49,19 @@ def wait_for_polls_to_end(client: Any, trigger: str, project: CeleryProject, tim
         return begun <= {x.decode() for x in client.smembers(f"poll_ended:{trigger}")}
 
     wait_until(ended, timeout, f"the polls of {trigger!r} under way to end", project)
+
+
+def assert_one_poll_per_slot(polls: list[dict[str, Any]], interval: float) -> None:
+    """No slot was polled twice: the polls' slots are at least one interval apart.
+
+    The dispatcher claims a slot by moving the row's ``next_poll_at`` at least
+    one interval on, so one trigger's slots are an interval apart however late
+    anything runs; two beats claiming one slot, or one poll run twice, show as
+    the same ``due`` twice. (The times the polls started say less: a poll may
+    start up to ``start_by``, so two polls of a busy machine may start closer
+    than the slots are.)
+    """
+    dues = sorted(p["due"] for p in polls)
+    assert dues and None not in dues, f"polls without their slot: {polls[:5]}"
+    close = [(a, b) for a, b in itertools.pairwise(dues) if b - a < interval - 1e-6]
+    assert close == [], f"slots polled less than {interval:g}s apart (twice?): {close[:5]}"
