@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import time
+import math
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -107,11 +109,30 @@ def test_beat_gets_one_dispatch_entry_and_one_sweep_entry(tmp_path: Path) -> Non
     assert "cloaca.poll" not in other.tasks
 
 
-def test_beats_schedule_file_keeps_the_dispatch_tick_and_beat_sleeps_until_it_is_due(tmp_path: Path) -> None:
+class _BeatClock:
+    """Beat's clock in a test: it moves only when beat sleeps, by what beat asked (at least).
+
+    Installed as ``app.now``, which every schedule and ``Scheduler._when`` read,
+    so beat's loop runs the same on any machine, however loaded.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += timedelta(microseconds=math.ceil(seconds * 1_000_000))  # a sleep is never short
+
+
+def test_beats_schedule_file_keeps_the_dispatch_tick_and_beat_sleeps_until_it_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import pickle
 
     from celery._state import _set_current_app, get_current_app
-    from celery.beat import PersistentScheduler
+    from celery.beat import PersistentScheduler, ScheduleEntry
 
     _workflow()
 
@@ -120,6 +141,15 @@ def test_beats_schedule_file_keeps_the_dispatch_tick_and_beat_sleeps_until_it_is
         return False
 
     app = _app(tmp_path)
+    clock = _BeatClock(app.now())
+    monkeypatch.setattr(app, "now", clock)
+    sent: list[tuple[str, datetime]] = []
+
+    class RecordingScheduler(PersistentScheduler):
+        def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
+            sent.append((entry.name, clock()))
+            super().apply_entry(entry, producer=producer)
+
     previous = get_current_app()
     _set_current_app(app)  # as in a beat process: the schedule file is read back against it
     try:
@@ -132,25 +162,36 @@ def test_beats_schedule_file_keeps_the_dispatch_tick_and_beat_sleeps_until_it_is
 
         # The copy still follows the registry (a trigger imported after install): 2s/20 -> 1s/20.
         assert copy.run_every.total_seconds() == pytest.approx(0.05)
-        scheduler = PersistentScheduler(
-            app=app, schedule_filename=str(tmp_path / "beat-schedule"), lazy=False
-        )
-        scheduler.sync()
-        entry = scheduler.schedule["cloaca.dispatch"]  # unpickled from the shelve after the sync
-        assert isinstance(entry.schedule, DispatchSchedule)
-        # Run beat's loop for 0.3 s. Not due yet, beat is told to sleep until the entry is due;
-        # with Celery's own schedule it was told 10 ms too little and ticked again at once,
-        # thousands of times a second.
-        ticks, sent, end = 0, 0, time.monotonic() + 0.3
-        while time.monotonic() < end:
-            wait = scheduler.tick()
-            ticks += 1
-            if wait and wait > 0:
-                assert 0.03 < wait <= 0.05, wait
-                time.sleep(wait)
-            else:
-                sent += 1
-        assert 3 <= sent <= 7 and ticks <= 2 * sent + 2, (ticks, sent)
-        scheduler.close()
+        scheduler = RecordingScheduler(app=app, schedule_filename=str(tmp_path / "beat-schedule"), lazy=False)
+        try:
+            scheduler.sync()
+            entry = scheduler.schedule["cloaca.dispatch"]  # unpickled from the shelve after the sync
+            assert isinstance(entry.schedule, DispatchSchedule)
+            # Beat's own loop (celery.beat.Service.start) for one second of its clock, before the
+            # 5 s sweep is due. With Celery's schedule beat was told 10 ms too little: woken before
+            # the entry was due, it ticked again at once, thousands of times a second.
+            start = clock()
+            end = start + timedelta(seconds=1)
+            woken = False
+            for _ in range(1000):  # a beat that spins never moves its clock: this bounds the loop
+                if clock() >= end:
+                    break
+                before = len(sent)
+                wait = scheduler.tick()
+                if woken:
+                    assert len(sent) == before + 1, f"woken {clock()}, nothing was due: beat slept too little"
+                if wait and wait > 0:
+                    clock.sleep(wait)
+                    woken = True
+                else:
+                    assert len(sent) == before + 1, f"tick returned {wait} with nothing due: beat spins"
+                    woken = False
+            assert clock() >= end, "beat's clock stood still"
+        finally:
+            scheduler.close()
     finally:
         _set_current_app(previous)
+    assert {name for name, _ in sent} == {"cloaca.dispatch"}
+    # Each tick sent when due, not later: 50 ms apart from the schedule file's last run on.
+    offsets = [(at - start).total_seconds() for _, at in sent]
+    assert offsets == pytest.approx([0.05 * n for n in range(1, 20)], abs=1e-4), offsets

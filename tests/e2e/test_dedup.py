@@ -18,6 +18,7 @@ import pytest
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -111,6 +112,7 @@ def test_non_concurrent_trigger_never_runs_one_context_twice_at_once(
     wait_until(lambda: (active(), len(_records(redis_client, f"steps:{name}")) >= 3)[1], 30,
                "three finished steps", project)
     redis_client.delete(f"go:{name}")
+    wait_for_polls_to_end(redis_client, name, project)  # a poll that read go: may fire after the delete
     wait_until(lambda: active() == 0, 15, "the last execution to end", project)
 
     assert max(seen) == 1, "two executions of one context were active at once"
@@ -140,6 +142,7 @@ def test_concurrent_trigger_runs_the_same_context_several_times_at_once(
 
     wait_until(lambda: len(_records(redis_client, f"steps:{name}")) >= 6, 30, "six finished steps", project)
     redis_client.delete(f"go:{name}")
+    wait_for_polls_to_end(redis_client, name, project)
     wait_until(lambda: all(r["status"] == "succeeded" for r in _history(runner, name)), 15,
                "every execution to end", project)
     rows = _history(runner, name)
@@ -175,15 +178,17 @@ def test_two_beats_and_two_workers_neither_double_polls_nor_overlap_executions(
     active = _active_watch(runner, name, seen)
     wait_until(lambda: (active(), polls()[-1]["t"] - start >= 15.0)[1], 30, "15 s of polling", project)
     redis_client.delete(f"go:{name}")
+    wait_for_polls_to_end(redis_client, name, project)  # a poll that read go: may fire after the delete
     wait_until(lambda: active() == 0, 15, "the last execution to end", project)
 
     window = [p for p in polls() if p["t"] >= start]
+    assert_one_poll_per_slot(polls(), interval)  # two beats, yet each slot polled once
     times = [p["t"] for p in window]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
     span = times[-1] - times[0]
-    assert min(gaps) >= interval / 2, f"two polls {min(gaps):.3f}s apart: {gaps}"
     expected = span / interval + 1
-    assert 0.8 * expected <= len(times) <= 1.2 * expected, f"{len(times)} polls in {span:.1f}s"
+    # At most one poll per slot is exact (above); under load a poll may be dropped as late,
+    # so the lower bound only catches polls lost wholesale.
+    assert 0.5 * expected <= len(times) <= 1.2 * expected, f"{len(times)} polls in {span:.1f}s"
     # Both workers polled and both beats dispatched, so the single cadence is not luck.
     pids = {w.pid for w in workers}
     assert {p["ppid"] for p in window} == pids, "the polls did not spread over both workers"

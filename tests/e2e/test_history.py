@@ -7,7 +7,6 @@ claim, and switching a trigger off and on takes effect without a restart.
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from celery import Celery
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.poll_reports import assert_one_poll_per_slot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -235,25 +235,27 @@ def test_disabling_and_enabling_a_trigger_takes_effect_without_a_restart(
     beat = project.beat()
     wait_until(lambda: redis_client.llen(f"polls:{name}") >= 5, 30, "5 polls", project)
 
-    def poll_times() -> list[float]:
-        return [p["t"] for p in _records(redis_client, f"polls:{name}")]
+    def polls() -> list[dict[str, Any]]:
+        return _records(redis_client, f"polls:{name}")
 
     runner.set_trigger_enabled(name, False)
     off = time.time()
     assert runner.get_trigger_schedule(name)["enabled"] is False
     # Proving an absence takes a wait: ten intervals with the trigger off.
     time.sleep(10 * interval)
-    # A poll that had begun just before the switch may still be running; none may start later.
-    late = [t for t in poll_times() if t > off + interval]
-    assert late == [], f"{len(late)} polls after disabling"
+    # A poll sent just before the switch may still run, however late; none may be sent after it.
+    # The dispatcher claims only slots already due, so a slot due after the switch was claimed
+    # after it.
+    late = [p for p in polls() if p["due"] > off]
+    assert late == [], f"{len(late)} slots polled after disabling"
 
     runner.set_trigger_enabled(name, True)
     on = time.time()
-    wait_until(lambda: len([t for t in poll_times() if t > on]) >= 5, 10, "polling to resume", project)
-    resumed = [t for t in poll_times() if t > on]
-    assert resumed[0] - on < 1.0, f"first poll {resumed[0] - on:.2f}s after enabling"
-    gaps = [b - a for a, b in itertools.pairwise(resumed)]
-    assert min(gaps) >= interval / 2, gaps
+    wait_until(lambda: len([p for p in polls() if p["t"] > on]) >= 5, 10, "polling to resume", project)
+    resumed = [p for p in polls() if p["t"] > on]
+    # At the next dispatch tick (50 ms) in an idle test; 3 s leaves room for a loaded machine.
+    assert resumed[0]["t"] - on < 3.0, f"first poll {resumed[0]['t'] - on:.2f}s after enabling"
+    assert_one_poll_per_slot(resumed, interval)
     assert worker.running() and beat.running()  # nobody was restarted
 
 

@@ -21,6 +21,7 @@ import pytest
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, FINAL_STATUSES
 from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
 from tests.faults.helpers import ALL_QUEUES, faults_project, history, leaked_claims, max_overlap, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
@@ -59,6 +60,8 @@ def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_co
         time.sleep(0.2)
     redis_client.delete("go:serial", "go:parallel")
     stopped = time.time()
+    for name in ("serial", "parallel"):  # a poll that read go: may fire after the delete
+        wait_for_polls_to_end(redis_client, name, project)
 
     def settled() -> bool:
         rows = history(sqlite_store, "serial") + history(sqlite_store, "parallel")
@@ -72,8 +75,10 @@ def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_co
     assert max(active_seen) == 1, "two executions of one context were active at once"
     assert len({r["context_hash"] for r in serial}) == 1
     assert [r for r in serial if r["status"] != "succeeded"] == []
+    # Idle, about 23 executions of 2 s follow one another in the minute; a busy machine makes
+    # the gaps longer. A claim left behind would allow one (claim_grace is 60 s).
     expected = RUN / STEP
-    assert 0.6 * expected <= len(serial) <= expected + 1, f"{len(serial)} serial executions in {RUN:g}s"
+    assert 0.4 * expected <= len(serial) <= expected + 1, f"{len(serial)} serial executions in {RUN:g}s"
     for before, after in itertools.pairwise(serial):
         assert after["started_at"] >= before["completed_at"] - FIRE_STAMP_SLACK, (before, after)
         assert after["running_at"] >= before["completed_at"], (before, after)
@@ -92,16 +97,17 @@ def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_co
     assert failed == [], failed
     ran = [s["execution_id"] for s in records(redis_client, "steps:parallel")]
     assert sorted(ran) == sorted(r["execution_id"] for r in parallel), "a fire did not run, or ran twice"
-    assert len(parallel) >= 0.6 * RUN / PARALLEL_INTERVAL, f"{len(parallel)} concurrent fires in {RUN:g}s"
+    # About one fire per interval (58 idle); under load a poll may expire unrun.
+    assert len(parallel) >= 0.4 * RUN / PARALLEL_INTERVAL, f"{len(parallel)} concurrent fires in {RUN:g}s"
     parallel_steps = [(s["start"], s["end"]) for s in records(redis_client, "steps:parallel")]
     assert max_overlap(parallel_steps) >= 2, "the concurrent trigger's executions never overlapped"
     assert sqlite_store.get_schedule("parallel")["dedup_count"] == 0
 
     # -- one poll per interval across two beats and four processes -------------------
+    assert_one_poll_per_slot(records(redis_client, "polls:serial"), SERIAL_INTERVAL)
     polls = sorted(p["t"] for p in records(redis_client, "polls:serial") if started + 2 < p["t"] < stopped)
     gaps = [b - a for a, b in itertools.pairwise(polls)]
     span = polls[-1] - polls[0]
-    assert min(gaps) >= SERIAL_INTERVAL / 2 - 0.02, f"two polls {min(gaps):.3f}s apart"
     assert len(polls) <= 1.1 * (span / SERIAL_INTERVAL + 1), f"{len(polls)} polls in {span:.1f}s"
     for beat in beats:
         assert "Sending due task cloaca.dispatch" in beat.log()

@@ -36,6 +36,7 @@ GRACE = 3.0
 SWEEP = 0.5
 INTERVAL = 0.5
 INSPECT_TIMEOUT = 1.0  # the sweep asks the step's worker whether it still runs the step
+LOAD_SLACK = 3.0  # what a busy machine may add to a delay measured here
 
 
 def test_killed_worker_execution_ends_lost_claim_is_freed_and_the_trigger_fires_again(
@@ -105,10 +106,11 @@ def test_killed_worker_execution_ends_lost_claim_is_freed_and_the_trigger_fires_
           f"period); {dedup_before_release} polls deduplicated meanwhile; "
           f"completed_at is {ended_at - lost['completed_at'].timestamp():.2f}s before the verdict")
     assert ended_at >= started + GRACE - 0.1, "the execution was ended before its grace period"
-    assert sweep_delay <= SWEEP + INSPECT_TIMEOUT + 1.0, f"ended {sweep_delay:.2f}s after the grace period"
-    assert 0 <= refire_delay <= 2 * INTERVAL, f"fired again {refire_delay:.2f}s after the claim was freed"
-    # Altogether: the next poll after the first sweep that may look (plus its question to the worker).
-    assert refired_at - (started + GRACE) <= SWEEP + INSPECT_TIMEOUT + 2 * INTERVAL
+    # Idle, the first sweep that may look ends it and the next poll fires again; LOAD_SLACK is
+    # what a busy machine may add. A claim left behind would block the context for its TTL (6 h).
+    assert sweep_delay <= SWEEP + INSPECT_TIMEOUT + LOAD_SLACK, f"ended {sweep_delay:.2f}s after the grace"
+    assert 0 <= refire_delay <= 2 * INTERVAL + LOAD_SLACK, f"fired {refire_delay:.2f}s after the release"
+    assert refired_at - (started + GRACE) <= SWEEP + INSPECT_TIMEOUT + 2 * INTERVAL + LOAD_SLACK
     assert again["context_hash"] == lost["context_hash"]
     assert {again["execution_id"]} <= {r["execution_id"] for r in records(redis_client, f"steps:{name}")}
     ran_on = {s["execution_id"]: s["ppid"] for s in records(redis_client, f"started:{name}")}

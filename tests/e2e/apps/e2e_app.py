@@ -1,7 +1,9 @@
 """The app the Redis end-to-end tests run in real worker and beat processes.
 
 ``E2E_TRIGGERS`` (comma-separated) selects which triggers exist, so each test
-polls only what it observes. Triggers and steps report to Redis lists.
+polls only what it observes. Triggers and steps report to Redis lists
+(``every_500ms`` also its slot, in ``slots:every_500ms``: see
+``tests/e2e/poll_reports.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import redis
 from celery import Celery, chain
 
 import cloaca_celery as cloaca
+from tests.e2e.poll_reports import poll_fields
 
 REDIS_URL = os.environ["E2E_REDIS_URL"]
 SELECTED = set(filter(None, os.environ.get("E2E_TRIGGERS", "").split(",")))
@@ -66,10 +69,13 @@ def split(context: cloaca.Context) -> None:
     note("wf:dag:split", context.to_dict())
 
 
+BRANCH_SECONDS = 1.0  # long enough that two branches started a busy machine's moment apart overlap
+
+
 @cloaca.task(id="left", dependencies=["split"])
 def left(context: cloaca.Context) -> cloaca.Context:
     note("wf:dag:branch", {"branch": "left", "t": time.time()})
-    time.sleep(0.3)
+    time.sleep(BRANCH_SECONDS)
     context["left"] = "L"
     return context
 
@@ -77,7 +83,7 @@ def left(context: cloaca.Context) -> cloaca.Context:
 @cloaca.task(id="right", dependencies=["split"])
 def right(context: cloaca.Context) -> cloaca.Context:
     note("wf:dag:branch", {"branch": "right", "t": time.time()})
-    time.sleep(0.3)
+    time.sleep(BRANCH_SECONDS)
     context["right"] = "R"
     return context
 
@@ -124,7 +130,9 @@ if selected("every_100ms"):
 if selected("every_500ms"):
     @cloaca.trigger(workflow="linear", poll_interval="500ms")
     def every_500ms() -> cloaca.TriggerResult:
-        r.rpush("polls:every_500ms", time.time())
+        now = time.time()
+        r.rpush("polls:every_500ms", now)
+        note("slots:every_500ms", {"t": now, **poll_fields()})  # which slot it was, and how late
         return cloaca.TriggerResult.skip()
 
 if selected("slow"):

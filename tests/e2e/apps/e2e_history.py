@@ -8,7 +8,11 @@ triggers exist, so each test polls only what it observes.
 Everything the triggers and the workflow step do is driven by Redis keys the
 test sets, and everything they do is reported to Redis lists:
 
-* ``polls:<trigger>``: one JSON record per poll (``t``, ``pid``, ``ppid``).
+* ``polls:<trigger>``: one JSON record per poll (``t``, ``pid``, ``ppid``;
+  ``task``: the id of the ``cloaca.poll`` task it runs in; ``due``: the slot the
+  dispatcher claimed for it), written before the trigger reads its keys.
+* ``poll_ended:<trigger>``: the ids of the poll tasks that have ended (a set;
+  see ``tests/e2e/poll_reports.py``).
 * ``go:<trigger>``: while it exists, a *repeat* trigger fires the same context
   (``{"key": "same"}``) on every poll; otherwise it skips.
 * ``inbox:<trigger>``: an *inbox* trigger fires ``{"item": <item>}`` for each
@@ -35,6 +39,7 @@ import redis
 from celery import Celery, current_task
 
 import cloaca_celery as cloaca
+from tests.e2e.poll_reports import poll_fields, report_poll_ends
 
 REDIS_URL = os.environ["E2E_REDIS_URL"]
 SELECTED = set(filter(None, os.environ.get("E2E_TRIGGERS", "").split(",")))
@@ -68,6 +73,7 @@ cloaca.install(
     **{option: os.environ[var] for var, option in OPTIONS.items() if os.environ.get(var)},
 )
 r = redis.Redis.from_url(REDIS_URL)
+report_poll_ends(r)
 
 
 def note(key: str, value: Any) -> None:
@@ -122,7 +128,7 @@ def block() -> None:
 
 
 def _record_poll(name: str) -> None:
-    note(f"polls:{name}", {"t": time.time(), "pid": os.getpid(), "ppid": os.getppid()})
+    note(f"polls:{name}", {"t": time.time(), "pid": os.getpid(), "ppid": os.getppid(), **poll_fields()})
 
 
 REPEAT = {

@@ -13,9 +13,11 @@ Environment:
   ``cloaca.sweep`` a worker starts is reported to ``attempts:<task>``.
 
 Reports (JSON records in Redis lists): ``polls:<trigger>`` (each time the
-trigger function is entered: ``t``, ``pid``, ``ppid``), ``polled:<trigger>``
-(each time it returns or raises: ``start``, ``end``), ``started:<trigger>`` and
-``steps:<trigger>`` from the one workflow step.
+trigger function is entered: ``t``, ``pid``, ``ppid``, ``task``: the id of the
+``cloaca.poll`` task, ``due``: its slot), ``polled:<trigger>`` (each time it
+returns or raises: ``start``, ``end``), ``started:<trigger>`` and
+``steps:<trigger>`` from the one workflow step; the set ``poll_ended:<trigger>``
+holds the ids of the poll tasks that have ended (see ``tests/e2e/poll_reports.py``).
 
 Controls: ``go:<trigger>`` (while it exists, *repeat* triggers fire
 ``{"key": "same"}`` and *counter* triggers fire ``{"n": <next>}``),
@@ -37,6 +39,7 @@ import redis
 from celery import Celery, current_task, signals
 
 import cloaca_celery as cloaca
+from tests.e2e.poll_reports import poll_fields, report_poll_ends
 
 BROKER_URL = os.environ["FAULTS_BROKER_URL"]
 NOTE_URL = os.environ.get("FAULTS_NOTE_URL") or BROKER_URL
@@ -61,6 +64,7 @@ if os.environ.get("FAULTS_MAX_CONTEXT_BYTES"):
     options["max_context_bytes"] = int(os.environ["FAULTS_MAX_CONTEXT_BYTES"])
 cloaca.install(app, database_url=os.environ["FAULTS_DATABASE_URL"], **options)
 r = redis.Redis.from_url(NOTE_URL, socket_timeout=5, socket_connect_timeout=5)
+report_poll_ends(r)
 
 
 def note(key: str, value: Any) -> None:
@@ -178,7 +182,7 @@ def _define(name: str, kind: str, interval: str) -> None:
                     allow_concurrent=allow_concurrent)
     def poll() -> Any:
         start = time.time()
-        note(f"polls:{name}", {"t": start, "pid": os.getpid(), "ppid": os.getppid()})
+        note(f"polls:{name}", {"t": start, "pid": os.getpid(), "ppid": os.getppid(), **poll_fields()})
         try:
             if recovers and (result := _recovered(name)) is not None:
                 return result
