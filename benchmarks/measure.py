@@ -120,7 +120,7 @@ class Bench:
         settings, store = installation.settings, installation.store
         writes, rows, statements = self.sql.writes, self.sql.rows, self.sql.all
         try:
-            sent = dispatch_due(app, settings, store, POLL_TASK)
+            sent = dispatch_due(app, settings, store, installation.clock, POLL_TASK, {})
         finally:
             writes, rows, statements = (
                 self.sql.writes - writes, self.sql.rows - rows, self.sql.all - statements

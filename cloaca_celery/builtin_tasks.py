@@ -48,6 +48,20 @@ _RECORD_RETRIES: dict[str, Any] = {
 }
 
 
+FAILURE_TEXT_TRIES = 3
+
+
+def _failure_of(app: Celery, task_id: str | None) -> BaseException | None:
+    """The exception a failed task stored in the result backend, if it is there (yet)."""
+    if not task_id:
+        return None
+    try:
+        outcome = app.AsyncResult(task_id).result
+    except Exception:  # noqa: BLE001 - the failure is recorded even if its text is not
+        return None
+    return outcome if isinstance(outcome, BaseException) else None
+
+
 def poller(app: Celery, runtime: Runtime) -> Poller:
     """A poller of ``app`` (fresh settings and store: the store may have been replaced after a fork)."""
     firer = Firer(app, runtime.settings, runtime.store, runtime.clock, COMPLETE_TASK, FAILED_TASK)
@@ -127,22 +141,23 @@ def register(app: Celery, runtime: Runtime) -> None:
             return merge_contexts(result, f"workflow {execution.get('workflow')!r}")
         return result
 
-    @app.task(name=FAILED_TASK, shared=False, ignore_result=True, serializer="json", **_RECORD_RETRIES)
-    def failed(failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
+    @app.task(name=FAILED_TASK, shared=False, ignore_result=True, serializer="json", bind=True,
+              **_RECORD_RETRIES)
+    def failed(self: Any, failed_task_id: str | None = None, *, execution: dict[str, Any]) -> None:
         """Linked as the error callback of every step: records the failure.
 
         The execution ends ``failed``, and frees its claim, once no other step
         of it runs: a parallel branch still running keeps it (and no new step
-        of it starts).
+        of it starts). The failed task's error may reach the result backend
+        a moment after this runs (a chord's): it is asked again, a few times,
+        for the text.
         """
+        outcome = _failure_of(app, failed_task_id)
+        if outcome is None and failed_task_id and self.request.retries < FAILURE_TEXT_TRIES:
+            raise self.retry(countdown=0.3)
         error = f"task {failed_task_id} failed"
-        if failed_task_id:
-            try:
-                outcome = app.AsyncResult(failed_task_id).result
-            except Exception:  # noqa: BLE001 - the failure is recorded even if its text is not
-                outcome = None
-            if outcome is not None:
-                error = f"task {failed_task_id} failed: {type(outcome).__name__}: {outcome}"
+        if outcome is not None:
+            error = f"task {failed_task_id} failed: {type(outcome).__name__}: {outcome}"
         ended = runtime.store.request_end(
             execution["execution_id"], "failed", error, runtime.clock.now(), failed_task_id
         )

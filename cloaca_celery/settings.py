@@ -156,28 +156,16 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
     if dispatch_interval is not None:
         dispatch_interval = _duration(dispatch_interval, "dispatch_interval")
 
-    batch = raw["dispatch_batch_size"]
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise ConfigurationError(
-            f"setting cloaca_dispatch_batch_size: expected a positive integer, got {batch!r}"
-        )
-    misses = raw["heartbeat_misses"]
-    if not isinstance(misses, int) or isinstance(misses, bool) or misses < 2:
-        raise ConfigurationError(
-            f"setting cloaca_heartbeat_misses: expected an integer of at least 2 (how many missed "
-            f"renewals make a step's execution lost), got {misses!r}"
-        )
+    batch = _integer(raw["dispatch_batch_size"], "dispatch_batch_size", 1, "a positive integer")
+    misses = _integer(raw["heartbeat_misses"], "heartbeat_misses", 2,
+                      "an integer of at least 2 (how many missed renewals make a step's execution lost)")
     retention = raw["history_retention"]
     if retention is not None:
         retention = _duration(retention, "history_retention")
     retired = tuple(sorted(
         name for name in RETIRED if name in options or _conf_value(conf, name) is not None
     ))
-    max_bytes = raw["max_context_bytes"]
-    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 2:
-        raise ConfigurationError(
-            f"setting cloaca_max_context_bytes: expected a positive integer, got {max_bytes!r}"
-        )
+    max_bytes = _integer(raw["max_context_bytes"], "max_context_bytes", 2, "a positive integer")
     for key in ("poll_queue", "dispatch_queue"):
         if raw[key] is not None and not isinstance(raw[key], str):
             raise ConfigurationError(f"setting cloaca_{key}: expected a queue name, got {raw[key]!r}")
@@ -201,6 +189,14 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         history_retention=retention,
         retired=retired,
     )
+
+
+def _integer(value: Any, name: str, minimum: int, expected: str) -> int:
+    """An integer setting: an int, or its decimal digits in a string (from an environment variable)."""
+    number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    if not isinstance(number, int) or isinstance(number, bool) or number < minimum:
+        raise ConfigurationError(f"setting cloaca_{name}: expected {expected}, got {value!r}")
+    return number
 
 
 def _duration(value: Any, name: str) -> float:

@@ -38,6 +38,16 @@ def need_service(name: str, host: str, port: int) -> None:
     pytest.skip(f"{message}; start it to run this test")
 
 
+def need_tool(what: str, present: bool, install: str) -> None:
+    """Fail (CI) or skip (laptop) the calling test if a program or library it needs is missing."""
+    if present:
+        return
+    message = f"{what} is missing ({install})"
+    if services_required():
+        pytest.fail(f"{message} and CLOACA_TEST_REQUIRE_SERVICES=1 (see .ci/run)")
+    pytest.skip(message)
+
+
 def need_redis() -> None:
     need_service("Redis", REDIS_HOST, REDIS_PORT)
 

@@ -38,13 +38,15 @@ def app() -> Celery:
 def test_a_poll_reports_the_store_in_one_line(app: Celery, caplog: pytest.LogCaptureFixture) -> None:
     installation = get_installation(app)
     from cloaca_celery.builtin_tasks import COMPLETE_TASK, FAILED_TASK
+    from cloaca_celery.clock import StoreClock
     from cloaca_celery.firing import Firer
     from cloaca_celery.polling import Poller
     from cloaca_celery.sqlstore import SqlStore
 
     store = SqlStore(UNREACHABLE)
-    poller = Poller(installation.settings, store,
-                    Firer(app, installation.settings, store, COMPLETE_TASK, FAILED_TASK))
+    clock = StoreClock(store.now)
+    poller = Poller(installation.settings, store, clock,
+                    Firer(app, installation.settings, store, clock, COMPLETE_TASK, FAILED_TASK))
     with caplog.at_level(logging.WARNING):
         report = poller.poll("failures_trigger")
     assert report.status == "not_polled" and report.detail == "store unreachable"
@@ -59,13 +61,16 @@ def test_dispatch_and_sweep_log_once_per_interval(app: Celery, caplog: pytest.Lo
     from cloaca_celery.sqlstore import SqlStore
 
     logs._last_logged.clear()
+    from cloaca_celery.clock import StoreClock
+
     store = SqlStore(UNREACHABLE)
+    clock = StoreClock(store.now)
     settings = get_installation(app).settings
     with caplog.at_level(logging.WARNING):
-        assert dispatch_due(app, settings, store, POLL_TASK) == 0
-        assert dispatch_due(app, settings, store, POLL_TASK) == 0
-        assert sweep(app, settings, store) == 0
-        assert sweep(app, settings, store) == 0
+        assert dispatch_due(app, settings, store, clock, POLL_TASK, {}) == 0
+        assert dispatch_due(app, settings, store, clock, POLL_TASK, {}) == 0
+        assert sweep(app, settings, store, clock) == 0
+        assert sweep(app, settings, store, clock) == 0
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("cloaca_celery")]
     assert len(messages) == 2, messages
     assert messages[0].startswith("dispatch: the store is unreachable (OperationalError")

@@ -95,22 +95,24 @@ class CeleryProject:
         self.env = base
         self.processes: list[CeleryProcess] = []
 
-    def worker(self, *extra: str, concurrency: int = 2, name: str | None = None) -> CeleryProcess:
+    def worker(self, *extra: str, concurrency: int = 2, name: str | None = None,
+               env: dict[str, str] | None = None) -> CeleryProcess:
+        """A ``celery worker``; ``env`` adds variables for this process only (a faked clock)."""
         node = name or f"w{len(self.processes)}"
         args = [
             "-A", self.module, "worker", "-l", "info", "-c", str(concurrency),
             "-n", f"{node}-{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip",
             *extra,
         ]
-        return self._start(node, args)
+        return self._start(node, args, env)
 
-    def beat(self, *extra: str, name: str = "beat") -> CeleryProcess:
+    def beat(self, *extra: str, name: str = "beat", env: dict[str, str] | None = None) -> CeleryProcess:
         schedule = self.workdir / f"{name}-schedule"
         args = ["-A", self.module, "beat", "-l", "info", "-s", str(schedule), *extra]
-        return self._start(name, args)
+        return self._start(name, args, env)
 
-    def _start(self, name: str, args: list[str]) -> CeleryProcess:
-        proc = CeleryProcess(name, args, self.env, self.workdir)
+    def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> CeleryProcess:
+        proc = CeleryProcess(name, args, {**self.env, **(env or {})}, self.workdir)
         self.processes.append(proc)
         return proc
 

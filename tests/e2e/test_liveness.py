@@ -29,7 +29,7 @@ import pytest
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject, wait_until
-from tests.services import POSTGRES_URL, need_postgres, need_service
+from tests.services import POSTGRES_URL, need_postgres, need_service, need_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -195,7 +195,7 @@ def test_a_failed_branch_ends_its_execution_only_when_its_sibling_has(
     assert_never_overlapped(found)
     rows = history(runner, trigger)
     assert len(rows) >= 2 and {r["status"] for r in rows} == {"failed"}, rows
-    assert all("this branch fails" in (r["error"] or "") for r in rows), rows
+    assert all("this branch fails" in (r["error"] or "") for r in rows), [r["error"] for r in rows]
     for row in rows:
         own = [m for m in found if m["execution_id"] == row["execution_id"]]
         failed = max(m["t"] for m in own if m["step"] == "fails_fast")
@@ -289,9 +289,13 @@ def pg_store_url() -> Iterator[str]:
 
 
 def _faketime(offset: str) -> dict[str, str]:
+    """Environment that runs a process with its clock shifted by ``offset`` (libfaketime).
+
+    Without ``DONT_FAKE_MONOTONIC`` the monotonic clock moves with it, as Python's ``time.sleep``
+    needs; the marks compared across processes use Redis's clock instead.
+    """
     library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
-    if not os.path.exists(library):
-        need_service("libfaketime (apt-get install faketime)", "255.255.255.255", 1)
+    need_tool("libfaketime", os.path.exists(library), "apt-get install faketime")
     return {"LD_PRELOAD": library, "FAKETIME": offset}
 
 

@@ -65,7 +65,7 @@ def test_execution_on_a_killed_worker_ends_lost_and_its_context_fires_again(
     name = "recover"
     project = launch(MODULE, **_env(
         redis_url, tmp_path, name,
-        E2E_CLAIM_GRACE="3s", E2E_SWEEP_INTERVAL="1s",
+        E2E_HEARTBEAT_INTERVAL="1s", E2E_HEARTBEAT_MISSES="2", E2E_SWEEP_INTERVAL="1s",
         # A poll killed with its worker holds the trigger's poll lease until it expires
         # (time limit + 10 s); keep that short so the test's bound covers the worst case.
         E2E_POLL_TIME_LIMIT="2s",
@@ -93,7 +93,7 @@ def test_execution_on_a_killed_worker_ends_lost_and_its_context_fires_again(
     )
     ended_after = time.time() - killed_at
     assert lost["status"] == "lost", lost
-    assert first["hostname"] in (lost["error"] or ""), lost  # "worker <name> stopped answering ..."
+    assert first["hostname"] in (lost["error"] or ""), lost  # "... running on worker <name> ..."
     assert ended_after < 15, f"ended {ended_after:.1f}s after the kill"
 
     again = wait_until(
@@ -115,10 +115,11 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
     runner: DefaultRunner,
 ) -> None:
     name = "recover"
-    # A grace long enough for the crashed worker to be back before the sweep first looks:
-    # the crash-and-restart case, not the crash-and-gone case of the test above.
+    # A lease long enough for the crashed worker to be back before it runs out: the
+    # crash-and-restart case, not the crash-and-gone case of the test above.
     project = launch(MODULE, **_env(
-        redis_url, tmp_path, name, E2E_CLAIM_GRACE="8s", E2E_SWEEP_INTERVAL="1s", E2E_POLL_TIME_LIMIT="2s",
+        redis_url, tmp_path, name, E2E_HEARTBEAT_INTERVAL="2s", E2E_HEARTBEAT_MISSES="5",
+        E2E_SWEEP_INTERVAL="1s", E2E_POLL_TIME_LIMIT="2s",
     ))
     # Fixed node names, as a deployment has them (celery@host); the later -n wins over the harness's.
     nodes = {}
@@ -143,7 +144,7 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
 
     lost = wait_until(
         lambda: (row := _row(runner, name, first["execution_id"]))["status"] != "running" and row,
-        15, "the sweep to end the execution the crash killed", project,
+        25, "the sweep to end the execution the crash killed", project,
     )
     assert lost["status"] == "lost", lost
     again = wait_until(
@@ -159,9 +160,10 @@ def test_a_step_of_an_execution_declared_lost_never_runs_when_the_broker_redeliv
     runner: DefaultRunner,
 ) -> None:
     name = "recover"
-    # The defaults (claim_grace 10 min, Redis visibility_timeout 1 h) scaled down to 3 s and 10 s.
+    # The defaults (cloaca_queued_timeout 6 h, Redis visibility_timeout 1 h) scaled down to 3 s and 10 s:
+    # the first step never starts (its worker dies holding it), so the queued timeout ends it.
     project = launch(MODULE, **_env(
-        redis_url, tmp_path, name, E2E_CLAIM_GRACE="3s", E2E_SWEEP_INTERVAL="1s",
+        redis_url, tmp_path, name, E2E_QUEUED_TIMEOUT="3s", E2E_SWEEP_INTERVAL="1s",
         E2E_VISIBILITY_TIMEOUT="10",
     ))
     project.worker("-Q", "celery", concurrency=2, name="poller")

@@ -513,8 +513,10 @@ BAD_INPUT = [
         "setting cloaca_max_context_bytes", "got 'lots'"),
     row("setting-poll-time-limit-negative", _setting("poll_time_limit", "-3s"), ConfigurationError,
         "setting cloaca_poll_time_limit", "'-3s'", FORMAT_HINT),
-    row("setting-claim-ttl-malformed", _setting("claim_ttl", "forever"), ConfigurationError,
-        "setting cloaca_claim_ttl", "'forever'", FORMAT_HINT),
+    row("setting-queued-timeout-malformed", _setting("queued_timeout", "forever"), ConfigurationError,
+        "setting cloaca_queued_timeout", "'forever'", FORMAT_HINT),
+    row("setting-heartbeat-misses-one", _setting("heartbeat_misses", 1), ConfigurationError,
+        "setting cloaca_heartbeat_misses", "at least 2", "got 1"),
     row("setting-database-url", _setting("database_url", "not a url"), ConfigurationError,
         "setting cloaca_database_url", "such as 'sqlite:///cloaca.db'"),
     # serializers and unknown workflows, refused at start-up: in process, then by a real worker

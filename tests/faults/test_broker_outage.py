@@ -88,7 +88,8 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
     triggers = f"serial:repeat:{INTERVAL}s,counter:counter:{INTERVAL}s,tick:tick:{INTERVAL}s"
     project = faults_project(
         launch, broker_url=private_redis.url, note_url=redis_url, database_url=sqlite_url,
-        triggers=triggers, claim_grace=f"{GRACE}s", sweep_interval="1s", poll_time_limit="2s",
+        triggers=triggers, queued_timeout=f"{GRACE}s", heartbeat_interval="1s", heartbeat_misses="2",
+        sweep_interval="1s", poll_time_limit="2s",
     )
     supervisor = supervise(project)
     poller = supervisor.worker("-Q", "celery", concurrency=2, name="poller")

@@ -41,7 +41,7 @@ def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_co
     project = faults_project(
         launch, broker_url=redis_url, database_url=sqlite_url,
         triggers=f"serial:repeat:{SERIAL_INTERVAL}s,parallel:repeat_concurrent:{PARALLEL_INTERVAL}s",
-        sweep_interval="2s", claim_grace="60s", poll_time_limit="5s",
+        sweep_interval="2s", poll_time_limit="5s",
     )
     workers = [project.worker("-Q", ALL_QUEUES, concurrency=2, name=f"w{i}") for i in (1, 2)]
     beats = [project.beat("-l", "debug", name=f"beat{i}") for i in (1, 2)]

@@ -65,7 +65,7 @@ def test_store_outage_logs_one_line_per_failure_keeps_every_process_and_recovers
     project = faults_project(
         launch, broker_url=redis_url, database_url=_through(pg_proxy, pg_schema),
         triggers=f"tick:tick:{INTERVAL}s,jobs:counter:1s",
-        sweep_interval="1s", claim_grace="30s", poll_time_limit="2s", record_tasks="1",
+        sweep_interval="1s", poll_time_limit="2s", record_tasks="1",
     )
     worker = project.worker("-Q", ALL_QUEUES, concurrency=POOL)
     beat = project.beat()

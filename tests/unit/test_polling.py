@@ -370,9 +370,11 @@ def test_first_poll_creates_the_schedule_row(installation: Installation, receive
 
 @pytest.fixture
 def statements(installation: Installation) -> Iterator[list[str]]:
-    """Every SQL statement the store sends from now on."""
+    """Every SQL statement the store sends from now on (the clock's offset measured before:
+    one read of the database's time every few minutes per process)."""
     from sqlalchemy import event
 
+    installation.clock.measure()
     engine = installation.store.engine  # type: ignore[attr-defined]
     seen: list[str] = []
 

@@ -58,3 +58,14 @@ def test_results_compare_by_kind_and_context() -> None:
     assert TriggerResult.fire({"a": 1}) == TriggerResult.fire(Context({"a": 1}))
     assert TriggerResult.fire({"a": 1}) != TriggerResult.fire({"a": 2})
     assert TriggerResult.fire() != TriggerResult.skip()
+
+
+def test_a_database_error_reaches_the_history_without_its_statement_or_parameters() -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from cloaca_celery.logs import error_text
+
+    exc = IntegrityError("INSERT INTO t VALUES (?)", ("secret-value",), Exception("UNIQUE constraint failed"))
+    text = error_text(exc)
+    assert "secret-value" not in text and "INSERT" not in text and text.startswith("IntegrityError")
+    assert error_text(ValueError("bad\nsecond line")) == "ValueError: bad\nsecond line"

@@ -75,7 +75,12 @@ def test_keyword_options_override_app_conf() -> None:
     [
         ("dispatch_batch_size", 0),
         ("dispatch_batch_size", -1),
-        ("dispatch_batch_size", "10"),
+        ("dispatch_batch_size", "ten"),
+        ("dispatch_batch_size", "1.5"),
+        ("heartbeat_misses", 1),
+        ("heartbeat_misses", "one"),
+        ("queued_timeout", "soon"),
+        ("history_retention", -1),
         ("dispatch_batch_size", True),
         ("database_url", "nourl"),
         ("database_url", 42),
@@ -146,3 +151,22 @@ def test_check_option_names_rejects_unknown_names() -> None:
 def test_install_rejects_unknown_option_names() -> None:
     with pytest.raises(ConfigurationError, match="bogus_option"):
         cloaca_celery.install(make_app(), bogus_option=1)
+
+
+def test_liveness_settings_and_their_defaults() -> None:
+    settings = resolve_settings(make_app().conf, {})
+    assert (settings.heartbeat_interval, settings.heartbeat_misses, settings.lease) == (10.0, 3, 30.0)
+    assert settings.queued_timeout == 6 * 3600 and settings.history_retention == 30 * 86400
+    from_env = resolve_settings(make_app(cloaca_heartbeat_misses="4").conf, {"heartbeat_interval": "2s"})
+    assert from_env.lease == 8.0
+
+
+def test_history_retention_none_keeps_everything_from_kwargs_and_from_conf() -> None:
+    assert resolve_settings(make_app().conf, {"history_retention": None}).history_retention is None
+    assert resolve_settings(make_app(cloaca_history_retention=None).conf, {}).history_retention is None
+
+
+def test_retired_settings_are_accepted_and_named() -> None:
+    settings = resolve_settings(make_app(cloaca_claim_ttl="6h").conf, {"claim_grace": "10m"})
+    assert settings.retired == ("claim_grace", "claim_ttl")
+    check_option_names({"claim_grace": "10m"})  # install(app, claim_grace=...) still starts

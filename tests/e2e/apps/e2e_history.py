@@ -46,8 +46,9 @@ SELECTED = set(filter(None, os.environ.get("E2E_TRIGGERS", "").split(",")))
 STEPS_QUEUE = "e2e.steps"
 
 OPTIONS = {
-    "E2E_CLAIM_GRACE": "claim_grace",
-    "E2E_CLAIM_TTL": "claim_ttl",
+    "E2E_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "E2E_HEARTBEAT_MISSES": "heartbeat_misses",
+    "E2E_QUEUED_TIMEOUT": "queued_timeout",
     "E2E_SWEEP_INTERVAL": "sweep_interval",
     "E2E_POLL_TIME_LIMIT": "poll_time_limit",
     "E2E_DISPATCH_INTERVAL": "dispatch_interval",

@@ -46,8 +46,9 @@ NOTE_URL = os.environ.get("FAULTS_NOTE_URL") or BROKER_URL
 STEPS_QUEUE = "faults.steps"
 
 OPTIONS = {
-    "FAULTS_CLAIM_GRACE": "claim_grace",
-    "FAULTS_CLAIM_TTL": "claim_ttl",
+    "FAULTS_HEARTBEAT_INTERVAL": "heartbeat_interval",
+    "FAULTS_HEARTBEAT_MISSES": "heartbeat_misses",
+    "FAULTS_QUEUED_TIMEOUT": "queued_timeout",
     "FAULTS_SWEEP_INTERVAL": "sweep_interval",
     "FAULTS_POLL_TIME_LIMIT": "poll_time_limit",
     "FAULTS_DISPATCH_INTERVAL": "dispatch_interval",
