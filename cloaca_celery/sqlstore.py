@@ -17,7 +17,9 @@ step's end and a requested end lock the execution row first (``SELECT ... FOR
 UPDATE``; SQLite's ``BEGIN IMMEDIATE``), so sibling steps ending together take
 turns and each sees the others' rows. The heartbeat and the sweep's end are
 conditional updates of the execution row: of a renewal and an overdue end
-racing, exactly one wins.
+racing, exactly one wins. A fire held back by an overlap policy locks its
+key's claim row first (``SELECT ... FOR UPDATE``), so the end of the
+execution holding it, which deletes that row, either comes before or waits.
 """
 
 from __future__ import annotations

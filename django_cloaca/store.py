@@ -13,7 +13,9 @@ A step's start is a conditional ``UPDATE`` of its execution then the upsert
 of its row, in one transaction. A step's end and a requested end first lock
 the execution's row by writing its status over itself (SQLite has no row
 locks: the write takes its write lock before anything is read), so sibling
-steps ending together take turns and each sees the others' rows.
+steps ending together take turns and each sees the others' rows. A fire held
+back by an overlap policy locks its key's claim row the same way before it
+reads whether the claim's execution is active.
 """
 
 from __future__ import annotations
