@@ -70,6 +70,7 @@ schedules = Table(
     Column("workflow", String(200), nullable=False),
     Column("poll_interval", Double, nullable=False),
     Column("allow_concurrent", Boolean, nullable=False, default=False),
+    Column("overlap", String(16), nullable=False, default="skip", server_default="skip"),
     Column("enabled", Boolean, nullable=False, default=True),
     Column("registered", Boolean, nullable=False, default=True),
     Column("next_poll_at", Double, nullable=False),
@@ -97,6 +98,7 @@ executions = Table(
     Column("workflow", String(200), nullable=False),
     Column("context", JSON, nullable=False),
     Column("context_hash", String(64), nullable=False),
+    Column("dedup_hash", String(64), nullable=True),
     Column("status", String(16), nullable=False),
     Column("task_ids", JSON, nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
@@ -112,7 +114,9 @@ executions = Table(
     **MYSQL_TABLE_OPTIONS,
 )
 """One row per fire. ``deadline_at`` (epoch seconds on the store's clock; ``NULL`` once ended) is
-when the sweep must look at it; ``ending_status`` an end requested while steps still ran."""
+when the sweep must look at it; ``ending_status`` an end requested while steps still ran;
+``dedup_hash`` the hash of the work's key (``NULL`` in rows written before dedup keys: the
+context hash)."""
 
 steps = Table(
     "cloaca_steps",
@@ -141,5 +145,23 @@ claims = Table(
     Index("ix_cloaca_claims_execution", "execution_id"),
     **MYSQL_TABLE_OPTIONS,
 )
-"""One row per (trigger, context hash) an active execution holds, until it ends (claims never
-expire by time); ``claim_key`` is :func:`cloaca_celery.store.claim_key` of the pair."""
+"""One row per (trigger, work key) an active execution holds, until it ends (claims never
+expire by time); ``claim_key`` is :func:`cloaca_celery.store.claim_key` of the pair. The column
+``context_hash`` holds the hash of the work's key (the execution's ``dedup_hash``), which is the
+context hash unless the trigger has a ``dedup_key``."""
+
+pending = Table(
+    "cloaca_pending",
+    metadata,
+    Column("pending_id", String(36), primary_key=True),
+    Column("trigger_name", String(200), nullable=False),
+    Column("dedup_hash", String(64), nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("context_hash", String(64), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Index("ix_cloaca_pending_key", "trigger_name", "dedup_hash", "created_at"),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""Fires held back by a trigger's overlap policy while an active execution holds their key
+(``created_at``: epoch seconds on the store's clock); each is deleted when it starts, or when a
+newer one pushes it out."""

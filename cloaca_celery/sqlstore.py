@@ -17,7 +17,9 @@ step's end and a requested end lock the execution row first (``SELECT ... FOR
 UPDATE``; SQLite's ``BEGIN IMMEDIATE``), so sibling steps ending together take
 turns and each sees the others' rows. The heartbeat and the sweep's end are
 conditional updates of the execution row: of a renewal and an overdue end
-racing, exactly one wins.
+racing, exactly one wins. A fire held back by an overlap policy locks its
+key's claim row first (``SELECT ... FOR UPDATE``), so the end of the
+execution holding it, which deletes that row, either comes before or waits.
 """
 
 from __future__ import annotations
@@ -50,7 +52,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import store as rules
 from .sqlengine import create_store_engine, normalize_database_url, redact_url
-from .sqlschema import MYSQL_TABLE_OPTIONS, UTCDateTime, claims, executions, metadata, schedules, steps
+from .sqlschema import (
+    MYSQL_TABLE_OPTIONS,
+    UTCDateTime,
+    claims,
+    executions,
+    metadata,
+    pending,
+    schedules,
+    steps,
+)
 from .store import (
     ACTIVE_STATUSES,
     EXECUTION_FIELDS,
@@ -58,7 +69,9 @@ from .store import (
     LIVE_STEP_STATES,
     SCHEDULE_FIELDS,
     DuePoll,
+    Held,
     NewExecution,
+    PendingFire,
     PollChange,
     PollLease,
     PollOutcome,
@@ -77,6 +90,7 @@ __all__ = [
     "executions",
     "metadata",
     "normalize_database_url",
+    "pending",
     "redact_url",
     "schedules",
     "steps",
@@ -471,6 +485,45 @@ class SqlStore:
         return total
 
 
+    # -- pending fires (overlap policies) -----------------------------------------
+
+    def hold_pending(self, pending: PendingFire, *, replace: bool, max_pending: int) -> Held:
+        with self.engine.begin() as conn:
+            return rules.hold_pending(_PendingQueries(self, conn), pending, replace, max_pending)
+
+    def next_pending(self, trigger_name: str, dedup_hash: str) -> PendingFire | None:
+        row = self._read_one(_PENDING_OF_KEY.limit(1), {"name": trigger_name, "hash": dedup_hash})
+        return None if row is None else rules.pending_fire(row._mapping)
+
+    def start_pending(
+        self, pending_id: str, execution: NewExecution, *, now: float, deadline: float
+    ) -> bool:
+        with self.engine.connect() as conn, conn.begin() as transaction:
+            started = rules.start_pending(_PendingQueries(self, conn), pending_id, execution, now, deadline)
+            if not started:
+                transaction.rollback()
+        return started
+
+    def orphan_pending(self, limit: int) -> list[tuple[str, str]]:
+        p, c, e = pending, claims, executions
+        held = select(c.c.claim_key).join(e, e.c.execution_id == c.c.execution_id).where(
+            c.c.trigger_name == p.c.trigger_name, c.c.context_hash == p.c.dedup_hash,
+            e.c.status.in_(ACTIVE_STATUSES),
+        )
+        query = (
+            select(p.c.trigger_name, p.c.dedup_hash).where(~held.exists())
+            .group_by(p.c.trigger_name, p.c.dedup_hash)
+            .order_by(func.min(p.c.created_at), p.c.trigger_name, p.c.dedup_hash).limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(row.trigger_name, row.dedup_hash) for row in conn.execute(query)]
+
+    def pending_fires(self, trigger_name: str) -> list[PendingFire]:
+        query = select(pending).where(pending.c.trigger_name == trigger_name).order_by(*_PENDING_ORDER)
+        with self.engine.connect() as conn:
+            return [rules.pending_fire(row._mapping) for row in conn.execute(query)]
+
+
 class _StepEndQueries:
     """:class:`cloaca_celery.store.StepEndQueries` in the transaction of ``conn``."""
 
@@ -494,6 +547,39 @@ class _StepEndQueries:
             self.conn.execute(update(e).where(e.c.execution_id == execution_id).values(**change.values))
         if change.ends:
             self.conn.execute(delete(claims).where(claims.c.execution_id == execution_id))
+
+
+class _PendingQueries:
+    """:class:`cloaca_celery.store.HoldQueries` and :class:`~cloaca_celery.store.StartQueries`
+    in the transaction of ``conn``."""
+
+    def __init__(self, store: SqlStore, conn: Connection) -> None:
+        self.store, self.conn = store, conn
+
+    def locked_holder(self, trigger_name: str, dedup_hash: str) -> str | None:
+        key = rules.claim_key(trigger_name, dedup_hash)
+        holder: str | None = self.conn.execute(_LOCKED_CLAIM, {"key": key}).scalar()
+        return holder
+
+    def active_task_ids(self, execution_id: str) -> list[str] | None:
+        row = self.conn.execute(_ACTIVE_TASK_IDS, {"eid": execution_id}).first()
+        return None if row is None else list(row.task_ids or [])
+
+    def waiting_fires(self, trigger_name: str, dedup_hash: str) -> list[Any]:
+        found = self.conn.execute(_WAITING_OF_KEY, {"name": trigger_name, "hash": dedup_hash})
+        return [row._mapping for row in found]
+
+    def drop_pending(self, pending_ids: list[str]) -> int:
+        return int(self.conn.execute(delete(pending).where(pending.c.pending_id.in_(pending_ids))).rowcount)
+
+    def insert_pending(self, row: dict[str, Any]) -> None:
+        self.conn.execute(insert(pending).values(**row))
+
+    def take_claim(self, execution: NewExecution, now: float) -> bool:
+        return self.store._claim(self.conn, execution, now)
+
+    def insert_execution(self, row: dict[str, Any]) -> None:
+        self.conn.execute(insert(executions).values(**row))
 
 
 def _step_params(row: dict[str, Any]) -> dict[str, Any]:
@@ -569,6 +655,18 @@ _RENEW = update(executions).where(*_GIVEN_AND_ACTIVE).values(deadline_at=case(
     else_=bindparam("until", type_=Double()),
 ))
 """A heartbeat: ``deadline_at = max(deadline_at, until)`` of the active executions among ``ids``."""
+
+_PENDING_ORDER = [pending.c[name] for name in rules.PENDING_ORDER]
+_KEY = (pending.c.trigger_name == bindparam("name"), pending.c.dedup_hash == bindparam("hash"))
+_PENDING_OF_KEY = select(pending).where(*_KEY).order_by(*_PENDING_ORDER)
+_WAITING_OF_KEY = select(pending.c.pending_id, pending.c.created_at).where(*_KEY)
+
+_LOCKED_CLAIM = select(claims.c.execution_id).where(claims.c.claim_key == bindparam("key")).with_for_update()
+"""The holder of a claim, its row locked: see ``rules.HoldQueries.locked_holder``."""
+
+_ACTIVE_TASK_IDS = select(executions.c.task_ids).where(
+    executions.c.execution_id == bindparam("eid"), executions.c.status.in_(ACTIVE_STATUSES)
+)
 
 _POLL_ROW = select(*(schedules.c[name] for name in rules.POLL_ROW_FIELDS)).where(
     schedules.c.trigger_name == bindparam("name")

@@ -5,8 +5,9 @@ SQLAlchemy store (:mod:`cloaca_celery.sqlstore`) and the Django ORM store of
 ``django_cloaca`` are interchangeable. What the two stores decide is written
 here once, as plain functions and values (which rows a sync adds, changes and
 unregisters; whether a poll may start on the row it read; what a finished
-poll writes; the argument checks, field lists and truncation limits); each
-store keeps only its queries.
+poll writes; what a step's end writes; which pending fires a new one pushes
+out; the argument checks, field lists and truncation limits); each store
+keeps only its queries.
 
 Scheduling times that the database compares and adds (``next_poll_at``,
 poll leases, an execution's ``deadline_at``, its steps' times) are epoch
@@ -24,15 +25,38 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import ConfigurationError, UnknownTriggerError
 
+OVERLAP_POLICIES = ("skip", "allow", "buffer_one", "buffer_all", "cancel_other", "terminate_other")
+"""What a trigger does when it fires work whose key an active execution holds (``overlap=``)."""
+
 
 @dataclass(frozen=True)
 class TriggerSpec:
-    """What the store needs to know about a registered trigger."""
+    """What the store needs to know about a registered trigger.
+
+    ``allow_concurrent`` is what ``overlap == "allow"`` means, and each is
+    filled from the other: ``allow_concurrent=True`` alone is ``overlap="allow"``.
+    """
 
     name: str
     workflow: str
     poll_interval: float
-    allow_concurrent: bool
+    allow_concurrent: bool = False
+    overlap: str = "skip"
+
+    def __post_init__(self) -> None:
+        overlap = "allow" if self.allow_concurrent and self.overlap == "skip" else self.overlap
+        if overlap not in OVERLAP_POLICIES:
+            raise ValueError(
+                f"trigger {self.name!r}: unknown overlap policy {overlap!r}; use one of "
+                f"{', '.join(OVERLAP_POLICIES)}"
+            )
+        if self.allow_concurrent and overlap != "allow":
+            raise ValueError(
+                f"trigger {self.name!r}: allow_concurrent=True means overlap='allow', not {overlap!r}; "
+                "give one of them"
+            )
+        object.__setattr__(self, "overlap", overlap)
+        object.__setattr__(self, "allow_concurrent", overlap == "allow")
 
 
 @dataclass(frozen=True)
@@ -146,7 +170,11 @@ STEP_STATES = (*LIVE_STEP_STATES, "done")
 
 @dataclass(frozen=True)
 class NewExecution:
-    """The row a fire writes: one per fire, before the workflow is published."""
+    """The row a fire writes: one per fire, before the workflow is published.
+
+    ``dedup_hash`` is the hash of the work's key (the trigger's ``dedup_key``
+    of the context); empty means the key is the whole context.
+    """
 
     execution_id: str
     trigger_name: str
@@ -155,6 +183,49 @@ class NewExecution:
     context_hash: str
     task_ids: list[str]
     started_at: datetime
+    dedup_hash: str = ""
+
+    @property
+    def claim_hash(self) -> str:
+        """The hash its claim is keyed by, and its row's ``dedup_hash``: the work's key."""
+        return self.dedup_hash or self.context_hash
+
+
+@dataclass(frozen=True)
+class PendingFire:
+    """A fire held back by the overlap policy (``buffer_one``, ``buffer_all``, ``cancel_other``,
+    ``terminate_other``) while an active execution holds its key; started once that one ends.
+
+    ``created_at`` is epoch seconds on the store's clock: pending fires of one
+    key start oldest first (then by ``pending_id``).
+    """
+
+    pending_id: str
+    trigger_name: str
+    dedup_hash: str
+    context: dict[str, Any]
+    context_hash: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Held:
+    """What :meth:`Store.hold_pending` did with a fire.
+
+    ``pending``: recorded, behind the active execution ``holder`` (whose step
+    ``holder_task_ids`` a cancelling policy revokes); ``dropped`` pending fires
+    of the key were deleted to make room (the older ones past ``max_pending``,
+    or with ``replace`` every other one; this fire itself, not recorded, if it
+    is older than ``max_pending`` others). ``free``: no active execution holds
+    the key any more and nothing was written; the caller records the fire
+    with :meth:`Store.record_fire` instead (and holds it again if that is
+    refused: another fire took the key meanwhile).
+    """
+
+    status: str
+    holder: str | None = None
+    holder_task_ids: tuple[str, ...] = ()
+    dropped: int = 0
 
 
 @runtime_checkable
@@ -253,12 +324,52 @@ class Store(Protocol):
     def record_fire(self, execution: NewExecution, *, claim: bool, now: float, deadline: float) -> bool:
         """Write the execution row (status ``queued``, ``deadline_at = deadline``), claiming first.
 
-        With ``claim`` (a non-concurrent trigger) the (trigger, context hash)
-        claim is taken atomically: if an active execution holds it, nothing is
-        written and ``False`` is returned. Claims never expire by time: a claim
-        whose execution is no longer active (ended, or missing) is taken over,
-        from that holder only. Claim and row are written in one transaction.
+        With ``claim`` (a non-concurrent trigger) the claim of the work's key,
+        (trigger, :attr:`NewExecution.claim_hash`), is taken atomically: if an
+        active execution holds it, nothing is written and ``False`` is returned.
+        Claims never expire by time: a claim whose execution is no longer active
+        (ended, or missing) is taken over, from that holder only. Claim and row
+        are written in one transaction.
         """
+        ...
+
+    def hold_pending(self, pending: PendingFire, *, replace: bool, max_pending: int) -> Held:
+        """Record a fire behind the active execution that holds its key, in one transaction.
+
+        The claim of (``trigger_name``, ``dedup_hash``) is locked first, so an
+        end of its holder either comes before (the fire is ``free``: nothing is
+        written) or waits until this commits (and then sees the pending fire in
+        :meth:`next_pending`). With ``replace`` every other pending fire of the
+        key is deleted (latest wins); without, the oldest ones past
+        ``max_pending`` (at least 1) are (see :class:`Held`).
+        """
+        ...
+
+    def next_pending(self, trigger_name: str, dedup_hash: str) -> PendingFire | None:
+        """The oldest pending fire of a key (``created_at``, then ``pending_id``), or ``None``."""
+        ...
+
+    def start_pending(
+        self, pending_id: str, execution: NewExecution, *, now: float, deadline: float
+    ) -> bool:
+        """Start a pending fire as ``execution``: in one transaction, take its claim as
+        :meth:`record_fire` does, delete the pending row and write the execution row (``queued``,
+        ``deadline_at = deadline``).
+
+        ``False``, with nothing written, if the claim is held by an active
+        execution or the pending row is gone (another process started it): of
+        concurrent starts of one pending fire exactly one wins.
+        """
+        ...
+
+    def orphan_pending(self, limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` keys (``trigger_name``, ``dedup_hash``) with pending fires that no active
+        execution holds (no claim, or a claim whose execution ended): the sweep starts them.
+        Oldest first (by their oldest pending fire)."""
+        ...
+
+    def pending_fires(self, trigger_name: str) -> list[PendingFire]:
+        """A trigger's pending fires, oldest first (``created_at``, then ``pending_id``)."""
         ...
 
     def start_step(self, execution_id: str, task_id: str, now: float, lease_until: float) -> bool:
@@ -373,19 +484,19 @@ EXECUTION_ERROR_LIMIT = 8000
 """Characters of a failed execution's error kept in its ``error``."""
 
 SCHEDULE_FIELDS = (
-    "trigger_name", "workflow", "poll_interval", "allow_concurrent", "enabled",
+    "trigger_name", "workflow", "poll_interval", "allow_concurrent", "overlap", "enabled",
     "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
     "last_error_at", "state", "created_at", "updated_at", "dedup_count",
 )
 """The columns of a schedule row given to callers as they are (``next_poll_at`` becomes a datetime)."""
 
 EXECUTION_FIELDS = (
-    "execution_id", "trigger_name", "workflow", "context", "context_hash", "status",
+    "execution_id", "trigger_name", "workflow", "context", "context_hash", "dedup_hash", "status",
     "task_ids", "started_at", "running_at", "completed_at", "error",
 )
-"""The columns of an execution row, all given to callers."""
+"""The columns of an execution row, all given to callers (``dedup_hash`` is never ``None``)."""
 
-SYNC_FIELDS = ("trigger_name", "workflow", "poll_interval", "allow_concurrent", "registered")
+SYNC_FIELDS = ("trigger_name", "workflow", "poll_interval", "allow_concurrent", "overlap", "registered")
 """What :func:`sync_plan` reads of each existing schedule row."""
 
 POLL_ROW_FIELDS = (
@@ -460,7 +571,7 @@ def sync_plan(
     """Compare the schedule rows (their :data:`SYNC_FIELDS`) with the registered triggers.
 
     A trigger without a row gets one, enabled; a row whose workflow, interval
-    or concurrency changed (or that was unregistered) is refreshed and due
+    or overlap policy changed (or that was unregistered) is refreshed and due
     again at :func:`first_slot`. The operator's ``enabled`` is never touched.
     With ``prune``, registered rows of triggers absent from ``specs`` are gone.
     """
@@ -472,7 +583,7 @@ def sync_plan(
     for name, spec in wanted.items():
         row = rows.get(name)
         code = {"workflow": spec.workflow, "poll_interval": spec.poll_interval,
-                "allow_concurrent": spec.allow_concurrent, "registered": True}
+                "allow_concurrent": spec.allow_concurrent, "overlap": spec.overlap, "registered": True}
         slot = {"next_poll_at": first_slot(name, spec.poll_interval, now, spread), "updated_at": now_dt}
         if row is None:
             new.append({"trigger_name": name, **code, **slot, "enabled": True, "consecutive_errors": 0,
@@ -607,6 +718,7 @@ def execution_dict(row: Row) -> dict[str, Any]:
         data[key] = aware_utc(data[key])
     data["context"] = dict(data["context"] or {})
     data["task_ids"] = list(data["task_ids"] or [])
+    data["dedup_hash"] = data["dedup_hash"] or data["context_hash"]  # NULL: written before dedup keys
     return data
 
 
@@ -615,20 +727,41 @@ def execution_row(execution: NewExecution, deadline: float) -> dict[str, Any]:
     return {
         "execution_id": execution.execution_id, "trigger_name": execution.trigger_name,
         "workflow": execution.workflow, "context": execution.context,
-        "context_hash": execution.context_hash, "status": "queued",
+        "context_hash": execution.context_hash, "dedup_hash": execution.claim_hash, "status": "queued",
         "task_ids": list(execution.task_ids), "started_at": execution.started_at,
         "deadline_at": deadline,
     }
 
 
-def claim_key(trigger_name: str, context_hash: str) -> str:
-    """The primary key of a claim: ``"<trigger>\\x1f<hash>"``.
+def claim_key(trigger_name: str, dedup_hash: str) -> str:
+    """The primary key of a claim: ``"<trigger>\\x1f<hash>"``, the hash being the work's key
+    (:attr:`NewExecution.claim_hash`; kept in the claim's ``context_hash`` column).
 
     One column, because Django (before 5.2) has no composite primary key; the
     pair stays unique on its own as well. The hash has a fixed length, so two
     pairs never make one key.
     """
-    return f"{trigger_name}\x1f{context_hash}"
+    return f"{trigger_name}\x1f{dedup_hash}"
+
+
+def claims_by_context(
+    keyed_by_work: Iterable[tuple[str, str, str]], taken: Iterable[str]
+) -> list[tuple[str, dict[str, str] | None]]:
+    """A downgrade below dedup keys: each claim keyed by a work key is keyed by its execution's
+    context hash again (``(claim_key, values to set)``), or deleted (``None``) when that context
+    is claimed already (its trigger's key changed in between): the context stays claimed either way.
+
+    ``keyed_by_work``: (``claim_key``, ``trigger_name``, execution's ``context_hash``) of the
+    claims whose hash is not their execution's context hash; ``taken``: every claim key.
+    """
+    keys = set(taken)
+    changes: list[tuple[str, dict[str, str] | None]] = []
+    for key, trigger_name, context_hash in keyed_by_work:
+        by_context = claim_key(trigger_name, context_hash)
+        values = {"claim_key": by_context, "context_hash": context_hash}
+        changes.append((key, None if by_context in keys else values))
+        keys.add(by_context)
+    return changes
 
 
 def claim_holder(execution: NewExecution, now: float) -> dict[str, Any]:
@@ -637,10 +770,14 @@ def claim_holder(execution: NewExecution, now: float) -> dict[str, Any]:
 
 
 def claim_row(execution: NewExecution, now: float) -> dict[str, Any]:
-    """A new claim row: the (trigger, context hash) of ``execution``, held by it."""
+    """A new claim row: the (trigger, :attr:`~NewExecution.claim_hash`) of ``execution``, held by it.
+
+    The column keeps its name ``context_hash``; it holds the hash of the work's
+    key, which is the context hash when the trigger has no ``dedup_key``.
+    """
     return {
-        "claim_key": claim_key(execution.trigger_name, execution.context_hash),
-        "trigger_name": execution.trigger_name, "context_hash": execution.context_hash,
+        "claim_key": claim_key(execution.trigger_name, execution.claim_hash),
+        "trigger_name": execution.trigger_name, "context_hash": execution.claim_hash,
         **claim_holder(execution, now),
     }
 
@@ -824,6 +961,126 @@ def sweep_candidates(rows: Iterable[Row], steps: Iterable[Row]) -> list[dict[str
     ]
 
 
+# -- pending fires (overlap policies) ------------------------------------------------------
+
+PENDING_FIELDS = ("pending_id", "trigger_name", "dedup_hash", "context", "context_hash", "created_at")
+"""The columns of a pending fire's row (``cloaca_pending``), those of :class:`PendingFire`."""
+
+PENDING_ORDER = ("created_at", "pending_id")
+"""The order pending fires of a key start in (and are listed, and dropped, in): oldest first."""
+
+
+def pending_row(pending: PendingFire) -> dict[str, Any]:
+    """The row :meth:`Store.hold_pending` inserts."""
+    return {name: getattr(pending, name) for name in PENDING_FIELDS}
+
+
+def pending_fire(row: Row) -> PendingFire:
+    """A pending fire's row (:data:`PENDING_FIELDS`) as callers get it."""
+    return PendingFire(
+        pending_id=row["pending_id"], trigger_name=row["trigger_name"], dedup_hash=row["dedup_hash"],
+        context=dict(row["context"] or {}), context_hash=row["context_hash"],
+        created_at=float(row["created_at"]),
+    )
+
+
+def pending_to_drop(waiting: Iterable[Row], new: PendingFire, replace: bool, max_pending: int) -> list[str]:
+    """The ids of the pending fires of a key that a new one pushes out (the new one's among them
+    if it is itself the oldest past ``max_pending``).
+
+    ``waiting``: the key's other pending fires (``pending_id``, ``created_at``).
+    With ``replace`` all of them go (latest wins); without, the oldest ones
+    until ``max_pending`` are left, the new one counted.
+    """
+    ids = sorted(
+        [(float(row["created_at"]), row["pending_id"]) for row in waiting]
+        + [(new.created_at, new.pending_id)]
+    )
+    if replace:
+        return [pending_id for _, pending_id in ids if pending_id != new.pending_id]
+    return [pending_id for _, pending_id in ids[:max(0, len(ids) - max_pending)]]
+
+
+class HoldQueries(Protocol):
+    """A store's queries for :func:`hold_pending`, all in one transaction."""
+
+    def locked_holder(self, trigger_name: str, dedup_hash: str) -> str | None:
+        """The ``execution_id`` of the key's claim, its row locked until the transaction ends
+        (``None``: no claim). Every end of an execution deletes its claim, so it waits for this."""
+        ...
+
+    def active_task_ids(self, execution_id: str) -> list[str] | None:
+        """The ``task_ids`` of the execution if it is active (``None`` if not)."""
+        ...
+
+    def waiting_fires(self, trigger_name: str, dedup_hash: str) -> list[Row]:
+        """The ``pending_id`` and ``created_at`` of the key's pending fires."""
+        ...
+
+    def drop_pending(self, pending_ids: list[str]) -> int:
+        """Delete these pending fires; how many there were."""
+        ...
+
+    def insert_pending(self, row: dict[str, Any]) -> None:
+        """Insert a pending fire's row (:func:`pending_row`)."""
+        ...
+
+
+def hold_pending(queries: HoldQueries, pending: PendingFire, replace: bool, max_pending: int) -> Held:
+    """:meth:`Store.hold_pending`, on a store's queries in one transaction.
+
+    Pending fires of a key change only under its claim's lock (this, and
+    :func:`start_pending` which claims first), so what is read here stays true
+    until the commit.
+    """
+    check_max_pending(max_pending)
+    holder = queries.locked_holder(pending.trigger_name, pending.dedup_hash)
+    task_ids = None if holder is None else queries.active_task_ids(holder)
+    if task_ids is None:
+        return Held("free")
+    drop = pending_to_drop(
+        queries.waiting_fires(pending.trigger_name, pending.dedup_hash), pending, replace, max_pending
+    )
+    others = [pending_id for pending_id in drop if pending_id != pending.pending_id]
+    dropped = queries.drop_pending(others) if others else 0
+    if pending.pending_id in drop:
+        dropped += 1
+    else:
+        queries.insert_pending(pending_row(pending))
+    return Held("pending", holder, tuple(task_ids), dropped)
+
+
+class StartQueries(Protocol):
+    """A store's queries for :func:`start_pending`, all in one transaction."""
+
+    def take_claim(self, execution: NewExecution, now: float) -> bool:
+        """Take the claim as :meth:`Store.record_fire` does; ``False`` if an active execution holds it."""
+        ...
+
+    def drop_pending(self, pending_ids: list[str]) -> int:
+        """Delete these pending fires; how many there were."""
+        ...
+
+    def insert_execution(self, row: dict[str, Any]) -> None:
+        """Insert an execution's row (:func:`execution_row`)."""
+        ...
+
+
+def start_pending(
+    queries: StartQueries, pending_id: str, execution: NewExecution, now: float, deadline: float
+) -> bool:
+    """:meth:`Store.start_pending`, on a store's queries in one transaction; the store rolls the
+    transaction back when this is ``False`` (the claim may have been taken).
+
+    The claim comes first, then the pending row: every writer of a key's
+    pending fires takes them in that order, so none waits for another in a circle.
+    """
+    if not queries.take_claim(execution, now) or not queries.drop_pending([pending_id]):
+        return False
+    queries.insert_execution(execution_row(execution, deadline))
+    return True
+
+
 def clock_query(vendor: str) -> str:
     """The SQL of :meth:`Store.now` on a database (``postgresql``, ``mysql``/``mariadb``, ``sqlite``)."""
     query = CLOCK_QUERIES.get("mysql" if vendor == "mariadb" else vendor)
@@ -848,6 +1105,13 @@ def check_ending_status(status: str) -> None:
     if status not in ENDING_STATUSES:
         raise ValueError(
             f"request_end: {status!r} is not a status a step may request ({', '.join(ENDING_STATUSES)})"
+        )
+
+
+def check_max_pending(max_pending: object) -> None:
+    if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
+        raise ValueError(
+            f"hold_pending: max_pending must be a whole number of at least 1, got {max_pending!r}"
         )
 
 

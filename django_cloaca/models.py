@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import models
 
-from cloaca_celery.store import EXECUTION_FIELDS, STEP_STATES
+from cloaca_celery.store import EXECUTION_FIELDS, OVERLAP_POLICIES, STEP_STATES
 
 STATUS_CHOICES = [
     ("queued", "queued"),
@@ -40,6 +40,10 @@ class TriggerSchedule(models.Model):
     workflow = models.CharField(max_length=200)
     poll_interval = models.FloatField(help_text="seconds")
     allow_concurrent = models.BooleanField(default=False)
+    overlap = models.CharField(
+        max_length=16, default="skip", choices=[(policy, policy) for policy in OVERLAP_POLICIES],
+        help_text="what a fire does while an execution of the same work is active",
+    )
     enabled = models.BooleanField(default=True, help_text="Switched off, the trigger is not polled.")
     registered = models.BooleanField(default=True, help_text="False once no worker defines the trigger.")
     next_poll_at = models.FloatField(help_text="epoch seconds")
@@ -81,6 +85,9 @@ class TriggerExecution(models.Model):
     workflow = models.CharField(max_length=200)
     context = models.JSONField(default=dict)
     context_hash = models.CharField(max_length=64)
+    dedup_hash = models.CharField(
+        max_length=64, null=True, blank=True, help_text="the hash of the work's key (empty: the context hash)"
+    )
     status = models.CharField(max_length=16, choices=STATUS_CHOICES)
     task_ids = models.JSONField(default=list)
     started_at = models.DateTimeField(help_text="when the trigger fired")
@@ -143,11 +150,13 @@ class TriggerStep(models.Model):
 
 
 class TriggerClaim(models.Model):
-    """A (trigger, context hash) that an active execution holds, until it ends.
+    """A (trigger, work key) that an active execution holds, until it ends.
 
     Its primary key is ``claim_key`` (``cloaca_celery.store.claim_key``:
     ``"<trigger>\\x1f<hash>"``), one column because Django before 5.2 has no
-    composite primary key; the pair is unique as well."""
+    composite primary key; the pair is unique as well. ``context_hash`` holds
+    the hash of the work's key (the execution's ``dedup_hash``): the context
+    hash unless the trigger has a ``dedup_key``."""
 
     claim_key = models.CharField(max_length=265, primary_key=True)
     trigger_name = models.CharField(max_length=200)
@@ -165,3 +174,27 @@ class TriggerClaim(models.Model):
 
     def __str__(self) -> str:
         return f"{self.trigger_name} {self.context_hash[:12]}"
+
+
+class TriggerPending(models.Model):
+    """A fire held back by its trigger's overlap policy while an active execution holds its key.
+
+    Deleted when it starts (once that execution ends), or when a newer fire of
+    the key pushes it out. ``created_at`` is epoch seconds on the database's clock."""
+
+    pending_id = models.CharField(max_length=36, primary_key=True)
+    trigger_name = models.CharField("trigger", max_length=200)
+    dedup_hash = models.CharField(max_length=64)
+    context = models.JSONField(default=dict)
+    context_hash = models.CharField(max_length=64)
+    created_at = models.FloatField(help_text="epoch seconds")
+
+    class Meta:
+        db_table = "cloaca_pending"
+        verbose_name = "pending fire"
+        indexes = [
+            models.Index(fields=["trigger_name", "dedup_hash", "created_at"], name="ix_cloaca_pending_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.trigger_name} {self.dedup_hash[:12]} pending"

@@ -13,7 +13,9 @@ A step's start is a conditional ``UPDATE`` of its execution then the upsert
 of its row, in one transaction. A step's end and a requested end first lock
 the execution's row by writing its status over itself (SQLite has no row
 locks: the write takes its write lock before anything is read), so sibling
-steps ending together take turns and each sees the others' rows.
+steps ending together take turns and each sees the others' rows. A fire held
+back by an overlap policy locks its key's claim row the same way before it
+reads whether the claim's execution is active.
 """
 
 from __future__ import annotations
@@ -25,15 +27,24 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Case, DateTimeField, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, DateTimeField, Exists, F, Min, OuterRef, Q, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import GreaterThan
 
 from cloaca_celery import store as rules
 from cloaca_celery.errors import ConfigurationError
-from cloaca_celery.store import DuePoll, NewExecution, PollLease, PollOutcome, PollRefusal, TriggerSpec
+from cloaca_celery.store import (
+    DuePoll,
+    Held,
+    NewExecution,
+    PendingFire,
+    PollLease,
+    PollOutcome,
+    PollRefusal,
+    TriggerSpec,
+)
 
-from .models import TriggerClaim, TriggerExecution, TriggerSchedule, TriggerStep
+from .models import TriggerClaim, TriggerExecution, TriggerPending, TriggerSchedule, TriggerStep
 
 SCHEDULE_ROW = (*rules.SCHEDULE_FIELDS, "next_poll_at")
 claim_key = rules.claim_key
@@ -58,7 +69,8 @@ class DjangoStore:
 
     def ensure_schema(self) -> None:
         tables = set(connections[self.using].introspection.table_names())
-        missing = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"} - tables
+        missing = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending"}
+        missing -= tables
         if missing:
             raise ConfigurationError(
                 f"the django_cloaca tables {', '.join(sorted(missing))} do not exist in "
@@ -181,17 +193,20 @@ class DjangoStore:
 
     def record_fire(self, execution: NewExecution, *, claim: bool, now: float, deadline: float) -> bool:
         with transaction.atomic(using=self.using):
-            if claim and not self._claim(execution, now):
+            if claim and not self.take_claim(execution, now):
                 return False
-            self._executions.create(**rules.execution_row(execution, deadline))
+            self.insert_execution(rules.execution_row(execution, deadline))
         return True
 
     @property
     def _executions(self) -> QuerySet[TriggerExecution]:
         return TriggerExecution.objects.using(self.using)
 
-    def _claim(self, execution: NewExecution, now: float) -> bool:
-        """Take the (trigger, context hash) claim, from a holder whose execution is no longer active."""
+    def insert_execution(self, row: dict[str, Any]) -> None:
+        self._executions.create(**row)
+
+    def take_claim(self, execution: NewExecution, now: float) -> bool:
+        """Take the claim of the execution's work key, from a holder whose execution is no longer active."""
         claims = TriggerClaim.objects.using(self.using)
         new_claim = rules.claim_row(execution, now)
         key = new_claim["claim_key"]
@@ -351,6 +366,69 @@ class DjangoStore:
                 total += self._executions.filter(pk__in=ids).delete()[0]
                 self._steps.filter(execution_id__in=ids).delete()
         return total
+
+    # -- pending fires (overlap policies) -----------------------------------------
+
+    def hold_pending(self, pending: PendingFire, *, replace: bool, max_pending: int) -> Held:
+        with transaction.atomic(using=self.using):
+            return rules.hold_pending(self, pending, replace, max_pending)
+
+    def next_pending(self, trigger_name: str, dedup_hash: str) -> PendingFire | None:
+        row = self._pending.filter(trigger_name=trigger_name, dedup_hash=dedup_hash).order_by(
+            *rules.PENDING_ORDER).values(*rules.PENDING_FIELDS).first()
+        return None if row is None else rules.pending_fire(row)
+
+    def start_pending(
+        self, pending_id: str, execution: NewExecution, *, now: float, deadline: float
+    ) -> bool:
+        with transaction.atomic(using=self.using):
+            started = rules.start_pending(self, pending_id, execution, now, deadline)
+            if not started:
+                transaction.set_rollback(True, using=self.using)
+        return started
+
+    def orphan_pending(self, limit: int) -> list[tuple[str, str]]:
+        active = self._executions.filter(pk=OuterRef("execution_id"), status__in=rules.ACTIVE_STATUSES)
+        held = TriggerClaim.objects.using(self.using).filter(
+            trigger_name=OuterRef("trigger_name"), context_hash=OuterRef("dedup_hash")
+        ).filter(Exists(active))
+        keys = self._pending.filter(~Exists(held)).values("trigger_name", "dedup_hash").annotate(
+            oldest=Min("created_at")
+        ).order_by("oldest", "trigger_name", "dedup_hash")
+        return [(key["trigger_name"], key["dedup_hash"]) for key in keys[:limit]]
+
+    def pending_fires(self, trigger_name: str) -> list[PendingFire]:
+        rows = self._pending.filter(trigger_name=trigger_name).order_by(*rules.PENDING_ORDER)
+        return [rules.pending_fire(row) for row in rows.values(*rules.PENDING_FIELDS)]
+
+    @property
+    def _pending(self) -> QuerySet[TriggerPending]:
+        return TriggerPending.objects.using(self.using)
+
+    # The queries of rules.HoldQueries and rules.StartQueries, run inside the transaction of
+    # hold_pending and start_pending (take_claim and insert_execution are above).
+
+    def locked_holder(self, trigger_name: str, dedup_hash: str) -> str | None:
+        """The claim row is locked by writing its holder over itself (as in ``locked_execution``)."""
+        claim = TriggerClaim.objects.using(self.using).filter(pk=rules.claim_key(trigger_name, dedup_hash))
+        if not claim.update(execution_id=F("execution_id")):
+            return None
+        return claim.values_list("execution_id", flat=True).first()
+
+    def active_task_ids(self, execution_id: str) -> list[str] | None:
+        found = self._executions.filter(pk=execution_id, status__in=rules.ACTIVE_STATUSES)
+        task_ids = found.values_list("task_ids", flat=True).first()
+        return None if task_ids is None else list(task_ids)
+
+    def waiting_fires(self, trigger_name: str, dedup_hash: str) -> list[dict[str, Any]]:
+        of_key = self._pending.filter(trigger_name=trigger_name, dedup_hash=dedup_hash)
+        return list(of_key.values("pending_id", "created_at"))
+
+    def drop_pending(self, pending_ids: list[str]) -> int:
+        return self._pending.filter(pk__in=pending_ids).delete()[0]
+
+    def insert_pending(self, row: dict[str, Any]) -> None:
+        self._pending.create(**row)
 
 
 def _lease_free(now: float) -> Q:

@@ -19,15 +19,16 @@ from sqlalchemy import Connection, Engine, event, inspect, text
 from cloaca_celery.migrations import VERSION_TABLE, alembic_config, current_revision, head_revision, upgrade
 from cloaca_celery.sqlschema import metadata
 from cloaca_celery.sqlstore import SqlStore
-from cloaca_celery.store import ACTIVE_STATUSES, NewExecution, claim_key
+from cloaca_celery.store import ACTIVE_STATUSES, Held, NewExecution, PendingFire, TriggerSpec, claim_key
 from tests.contract.conftest import Backend
 
-CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"}
+CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending"}
 TABLES_AT = {
     "0001": {"cloaca_schedules"},
     "0002": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0003": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
-    "0004": CLOACA_TABLES,
+    "0004": {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"},
+    "0005": CLOACA_TABLES,
 }
 
 
@@ -49,8 +50,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0004() -> None:
-    assert head_revision() == "0004"
+def test_head_is_0005() -> None:
+    assert head_revision() == "0005"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
@@ -77,7 +78,9 @@ def test_indexes_of_head(backend: Backend) -> None:
         assert primary == [c.name for c in table.primary_key.columns], table.name
 
 
-def _insert_0001_schedule(engine: Engine, dialect: str) -> None:
+def _insert_0001_schedule(
+    engine: Engine, dialect: str, name: str = "legacy", concurrent: bool = False
+) -> None:
     """A schedule row as revision 0001 knew it, written with plain SQL."""
     # SQLAlchemy's storage format on SQLite; naive UTC on MySQL/MariaDB; timestamptz on PostgreSQL.
     stamp = "2025-11-28 12:00:34.250000" + ("+00:00" if dialect == "postgresql" else "")
@@ -91,7 +94,7 @@ def _insert_0001_schedule(engine: Engine, dialect: str) -> None:
                 " :errors, :last_error, :state, :version, :stamp, :stamp, :stamp)"
             ),
             {
-                "name": "legacy", "workflow": "ship", "interval": 5.0, "concurrent": False,
+                "name": name, "workflow": "ship", "interval": 5.0, "concurrent": concurrent,
                 "enabled": False, "registered": True, "next_poll_at": 1_764_331_200.0, "errors": 2,
                 "last_error": "ValueError: old", "state": '{"cursor": 41}', "version": 3, "stamp": stamp,
             },
@@ -157,10 +160,10 @@ def _insert_0002_claim(engine: Engine, execution_id: str, context_hash: str) -> 
         )
 
 
-def _fire(store: SqlStore, execution_id: str, context_hash: str) -> bool:
+def _fire(store: SqlStore, execution_id: str, context_hash: str, dedup_hash: str = "") -> bool:
     execution = NewExecution(
         execution_id, "orders", "ship", {"order": 7, "lines": [1, 2]}, context_hash, ["t2"],
-        datetime(2025, 11, 28, 12, 1, tzinfo=timezone.utc),
+        datetime(2025, 11, 28, 12, 1, tzinfo=timezone.utc), dedup_hash,
     )
     return store.record_fire(execution, claim=True, now=1_764_331_300.0, deadline=1_764_331_900.0)
 
@@ -287,6 +290,102 @@ def test_downgrade_from_0004_gives_the_claims_held_an_expiry(backend: Backend) -
     assert schema_diff(engine) == []
 
 
+def _insert_0004_execution(engine: Engine, execution_id: str, status: str, context_hash: str) -> None:
+    """An execution as revision 0004 knew it, with its claim (no expiry) while it is active, in plain SQL."""
+    with engine.begin() as conn:
+        _insert_execution(conn, execution_id, context_hash, status)
+        if status in ACTIVE_STATUSES:
+            conn.execute(
+                text("UPDATE cloaca_executions SET deadline_at = 1764331900.0 WHERE execution_id = :id"),
+                {"id": execution_id},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO cloaca_claims (claim_key, trigger_name, context_hash, execution_id,"
+                    " claimed_at) VALUES (:key, 'orders', :hash, :id, 1764331234.5)"
+                ),
+                {"key": claim_key("orders", context_hash), "id": execution_id, "hash": context_hash},
+            )
+
+
+def _pending(pending_id: str, dedup_hash: str, seen: int) -> PendingFire:
+    context = {"order": 7, "seen": seen}
+    return PendingFire(pending_id, "orders", dedup_hash, context, f"{seen:064d}", 1_764_331_400.0)
+
+
+def test_upgrade_from_0004_gives_each_schedule_its_policy_and_keeps_executions_and_claims(
+    backend: Backend,
+) -> None:
+    """0005: a concurrent trigger's policy is ``allow``, the others ``skip``; executions already there
+    are keyed by their context hash, which their claims hold: they keep holding it."""
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine, "0004")
+    _insert_0001_schedule(engine, engine.dialect.name, "orders", concurrent=False)
+    _insert_0001_schedule(engine, engine.dialect.name, "files", concurrent=True)
+    _insert_0004_execution(engine, "e-running", "running", "a" * 64)
+    _insert_0004_execution(engine, "e-done", "succeeded", "b" * 64)
+
+    upgrade(engine)
+    assert revision_of(engine) == head_revision()
+    assert schema_diff(engine) == []
+    schedules = {row["trigger_name"]: row for row in store.list_schedules()}
+    assert {name: (row["overlap"], row["allow_concurrent"]) for name, row in schedules.items()} == {
+        "orders": ("skip", False), "files": ("allow", True)
+    }
+    # What the code says is what the migration wrote: a sync changes neither row.
+    store.sync_triggers([TriggerSpec("orders", "ship", 5.0), TriggerSpec("files", "ship", 5.0, True)], 1e10)
+    assert {row["trigger_name"]: row["updated_at"] for row in store.list_schedules()} == {
+        name: row["updated_at"] for name, row in schedules.items()
+    }
+    with engine.connect() as conn:
+        unkeyed = conn.execute(text("SELECT COUNT(*) FROM cloaca_executions WHERE dedup_hash IS NULL"))
+        assert unkeyed.scalar() == 2
+    assert store.get_execution("e-running")["dedup_hash"] == "a" * 64
+    assert store.get_execution("e-done")["dedup_hash"] == "b" * 64
+
+    assert _fire(store, "e-again", "a" * 64) is False  # still held by its execution
+    assert _fire(store, "e-other", "f" * 64, dedup_hash="a" * 64) is False  # the work key is that hash
+    held = store.hold_pending(_pending("p-1", "a" * 64, 1), replace=False, max_pending=10)
+    assert held == Held("pending", "e-running", ("t1",))
+    assert store.finish_execution("e-running", "succeeded", None, datetime.now(timezone.utc)) is True
+    assert store.next_pending("orders", "a" * 64) == _pending("p-1", "a" * 64, 1)
+    assert store.start_pending("p-1", NewExecution(
+        "e-pending", "orders", "ship", {"order": 7, "seen": 1}, f"{1:064d}", ["t3"],
+        datetime(2025, 11, 28, 12, 2, tzinfo=timezone.utc), "a" * 64,
+    ), now=1_764_331_500.0, deadline=1_764_332_100.0) is True
+    assert _fire(store, "e-third", "b" * 64) is True
+
+
+def test_downgrade_from_0005_drops_pending_fires_and_keys_claims_by_context_again(backend: Backend) -> None:
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine)
+    assert _fire(store, "e-keyed", "a" * 64, dedup_hash="k" * 64) is True
+    assert _fire(store, "e-plain", "b" * 64) is True
+    assert _fire(store, "e-old-key", "c" * 64) is True  # context c claimed as its own key...
+    assert _fire(store, "e-new-key", "c" * 64, dedup_hash="m" * 64) is True  # ...and under a new key
+    assert store.hold_pending(_pending("p-1", "k" * 64, 1), replace=False, max_pending=10).status == "pending"
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    assert revision_of(engine) == "0004"
+    assert table_names(engine) == TABLES_AT["0004"] | {VERSION_TABLE}
+    assert "dedup_hash" not in {column["name"] for column in inspect(engine).get_columns("cloaca_executions")}
+    assert "overlap" not in {column["name"] for column in inspect(engine).get_columns("cloaca_schedules")}
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT claim_key, context_hash, execution_id FROM cloaca_claims ORDER BY execution_id"
+        )).all()
+    assert [tuple(row) for row in rows] == [
+        (claim_key("orders", "a" * 64), "a" * 64, "e-keyed"),
+        (claim_key("orders", "c" * 64), "c" * 64, "e-old-key"),
+        (claim_key("orders", "b" * 64), "b" * 64, "e-plain"),
+    ]
+    upgrade(engine)
+    assert schema_diff(engine) == []
+    assert _fire(store, "e-again", "a" * 64) is False  # the downgraded claim kept holding the context
+
+
 def test_upgrade_twice_is_a_no_op(backend: Backend) -> None:
     engine = backend.store().engine
     upgrade(engine)
@@ -345,7 +444,7 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
     assert revision_of(engines[0]) == head_revision()
     assert schema_diff(engines[0]) == []
     with engines[0].connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0004"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0005"]
 
 
 def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
@@ -355,7 +454,7 @@ def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
     with engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0004"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0005"]
 
 
 def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:

@@ -29,7 +29,7 @@ from sqlalchemy.sql import sqltypes
 
 from cloaca_celery.sqlschema import metadata
 from cloaca_celery.sqlstore import SqlStore
-from cloaca_celery.store import NewExecution, PollLease, PollOutcome, Store, TriggerSpec
+from cloaca_celery.store import Held, NewExecution, PendingFire, PollLease, PollOutcome, Store, TriggerSpec
 from tests.contract.conftest import new_name
 
 T0 = 1_764_331_234.5
@@ -37,6 +37,8 @@ D0 = datetime(2025, 11, 28, 12, 0, 34, 500_000, tzinfo=timezone.utc)
 QUEUED = 600.0
 CONTEXT = {"order": 7, "lines": [{"sku": "A-1", "qty": 2}], "note": "Grüße"}
 HASH = "c" * 64
+KEY = "k" * 64
+"""The work key of the pending fires' holder."""
 
 
 def fire(execution_id: str, seconds: int) -> NewExecution:
@@ -93,6 +95,44 @@ def hand_over(first: Store, second: Store) -> None:
     assert first.end_overdue("e-2", "lost", "no step started", T0 + 1 + QUEUED + 1) is True
     assert second.prune_executions(D0 + timedelta(days=1)) == 2
     assert fire_at(second, "e-3", 2)
+    hand_over_pending(first, second)
+
+
+def keyed_fire(execution_id: str, seen: int) -> NewExecution:
+    """A fire of ``orders`` whose work key is :data:`KEY` (the order), seen for the ``seen``-th time."""
+    context = {**CONTEXT, "seen": seen}
+    return NewExecution(execution_id, "orders", "ship", context, f"{seen:064d}", [f"{execution_id}-task"], D0,
+                        dedup_hash=KEY)
+
+
+def hand_over_pending(first: Store, second: Store) -> None:
+    """Overlap policies and pending fires: ``first`` writes a policy, a keyed fire and fires held
+    behind it; ``second`` reads them, and starts the oldest once the holder ends."""
+    first.sync_triggers([
+        TriggerSpec("orders", "ship", 5.0, overlap="buffer_all"), TriggerSpec("files", "ingest", 1.0, True)
+    ], T0 + 100)
+    policies = {row["trigger_name"]: (row["overlap"], row["allow_concurrent"])
+                for row in second.list_schedules()}
+    assert policies == {"orders": ("buffer_all", False), "files": ("allow", True)}
+    now = T0 + 100
+    assert first.record_fire(keyed_fire("k-1", 1), claim=True, now=now, deadline=now + QUEUED)
+    assert second.record_fire(keyed_fire("k-0", 0), claim=True, now=now, deadline=now + QUEUED) is False
+    assert second.get_execution("k-1")["dedup_hash"] == KEY
+    waiting = [
+        PendingFire(f"p-{n}", "orders", KEY, {**CONTEXT, "seen": n}, f"{n:064d}", now + n) for n in (2, 3)
+    ]
+    held = second.hold_pending(waiting[0], replace=False, max_pending=5)
+    assert held == Held("pending", "k-1", ("k-1-task",))
+    assert first.hold_pending(waiting[1], replace=False, max_pending=5).status == "pending"
+    assert first.pending_fires("orders") == second.pending_fires("orders") == waiting
+    assert first.orphan_pending(10) == []
+    assert first.finish_execution("k-1", "succeeded", None, D0 + timedelta(seconds=101))
+    assert second.orphan_pending(10) == [("orders", KEY)]
+    assert second.next_pending("orders", KEY) == waiting[0]
+    assert second.start_pending("p-2", keyed_fire("k-2", 2), now=now + 5, deadline=now + 5 + QUEUED)
+    assert first.start_pending("p-3", keyed_fire("k-3", 3), now=now + 5, deadline=now + 5 + QUEUED) is False
+    assert first.get_execution("k-2")["dedup_hash"] == KEY
+    assert (first.orphan_pending(10), first.next_pending("orders", KEY)) == ([], waiting[1])
 
 
 def django_database_url() -> URL:

@@ -599,7 +599,8 @@ def test_record_fire_writes_the_execution_row(store: SqlStore) -> None:
     assert row == {
         "execution_id": execution.execution_id, "trigger_name": "orders", "workflow": "wf",
         "context": {"order": 42, "items": [1, 2]}, "context_hash": execution.context_hash,
-        "status": "queued", "task_ids": execution.task_ids, "started_at": D0, "running_at": None,
+        "dedup_hash": execution.context_hash, "status": "queued", "task_ids": execution.task_ids,
+        "started_at": D0, "running_at": None,
         "completed_at": None, "error": None,
     }
 
