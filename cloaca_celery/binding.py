@@ -33,6 +33,10 @@ class Runtime(Protocol):
     @property
     def leases(self) -> LeaseKeeper: ...
 
+    def after_end(self, execution_id: str, trigger_name: str, work: str | None = None) -> None:
+        """An execution ended: start the next pending fire of its work (overlap policies that buffer)."""
+        ...
+
 
 _bound: weakref.WeakKeyDictionary[Any, Runtime] = weakref.WeakKeyDictionary()
 

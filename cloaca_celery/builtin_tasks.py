@@ -62,10 +62,14 @@ def _failure_of(app: Celery, task_id: str | None) -> BaseException | None:
     return outcome if isinstance(outcome, BaseException) else None
 
 
+def firer(app: Celery, runtime: Runtime) -> Firer:
+    """The firer of ``app`` (fresh settings and store: the store may have been replaced after a fork)."""
+    return Firer(app, runtime.settings, runtime.store, runtime.clock, COMPLETE_TASK, FAILED_TASK)
+
+
 def poller(app: Celery, runtime: Runtime) -> Poller:
-    """A poller of ``app`` (fresh settings and store: the store may have been replaced after a fork)."""
-    firer = Firer(app, runtime.settings, runtime.store, runtime.clock, COMPLETE_TASK, FAILED_TASK)
-    return Poller(runtime.settings, runtime.store, runtime.clock, firer)
+    """A poller of ``app``."""
+    return Poller(runtime.settings, runtime.store, runtime.clock, firer(app, runtime))
 
 
 def poll_options(settings: Settings) -> dict[str, Any]:
@@ -124,15 +128,18 @@ def register(app: Celery, runtime: Runtime) -> None:
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def sweep_task() -> int:
         """End executions whose end was never reported (see :mod:`cloaca_celery.sweep`)."""
-        return sweep(app, runtime.settings, runtime.store, runtime.clock)
+        return sweep(app, runtime.settings, runtime.store, runtime.clock, firer(app, runtime))
 
     @app.task(name=COMPLETE_TASK, shared=False, ignore_result=False, serializer="json", **_RECORD_RETRIES)
     def complete(result: Any = None, *, execution: dict[str, Any]) -> Any:
         """The last step of every fired workflow: records its success and releases the claim."""
-        runtime.store.finish_execution(
+        ended = runtime.store.finish_execution(
             execution["execution_id"], "succeeded", None,
             datetime.fromtimestamp(runtime.clock.now(), tz=timezone.utc),
         )
+        if ended:
+            runtime.after_end(execution["execution_id"], execution["trigger_name"],
+                              execution.get("dedup_hash"))
         logger.info(
             "%s: workflow %r execution %s succeeded",
             execution.get("trigger_name"), execution.get("workflow"), execution.get("execution_id"),
@@ -161,6 +168,9 @@ def register(app: Celery, runtime: Runtime) -> None:
         ended = runtime.store.request_end(
             execution["execution_id"], "failed", error, runtime.clock.now(), failed_task_id
         )
+        if ended:
+            runtime.after_end(execution["execution_id"], execution["trigger_name"],
+                              execution.get("dedup_hash"))
         logger.warning(
             "%s: workflow %r execution %s failed: %s%s",
             execution.get("trigger_name"), execution.get("workflow"), execution.get("execution_id"),

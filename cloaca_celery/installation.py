@@ -28,7 +28,7 @@ from .dispatch import EXPIRY_ALLOWANCE, DispatchSchedule, auto_dispatch_interval
 from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
 from .leases import LeaseKeeper
-from .logs import quiet_plumbing_logs
+from .logs import one_line, quiet_plumbing_logs
 from .polling import Poller
 from .settings import RETIRED, Settings, check_option_names, resolve_settings
 from .sqlstore import SqlStore
@@ -97,6 +97,17 @@ class Installation:
 
     def poller(self) -> Poller:
         return builtin_tasks.poller(self.app, self)
+
+    def after_end(self, execution_id: str, trigger_name: str, work: str | None = None) -> None:
+        """An execution ended: start the next pending fire of its work, if its trigger keeps any.
+
+        A failure here is logged; the sweep starts any pending fire whose work is free.
+        """
+        try:
+            builtin_tasks.firer(self.app, self).after_end(execution_id, trigger_name, work)
+        except Exception as exc:  # noqa: BLE001 - the sweep starts it later
+            logger.warning("%s: the pending fire after execution %s was not started (%s); the sweep will",
+                           trigger_name, execution_id, one_line(exc))
 
     def dispatch_interval(self) -> float:
         return self.settings.dispatch_interval or auto_dispatch_interval()

@@ -34,7 +34,8 @@ logger = logging.getLogger("cloaca_celery.polling")
 
 @dataclass(frozen=True)
 class PollReport:
-    """What one poll did: ``skipped``, ``fired``, ``deduplicated``, ``error`` or ``not_polled``."""
+    """What one poll did: ``skipped``, ``fired``, ``deduplicated``, ``buffered``, ``cancelling``,
+    ``error`` or ``not_polled`` (see :class:`cloaca_celery.firing.Fire` for the fire statuses)."""
 
     trigger_name: str
     status: str
@@ -170,7 +171,7 @@ class Poller:
                     report = PollReport(name, fire.status, definition.workflow, fire.execution_id,
                                         fire.context_hash)
                     fired_at = fire.fired_at
-                    deduplicated = fire.status == "deduplicated"
+                    deduplicated = fire.status != "fired"  # held back by the overlap policy
         new_state: dict[str, Any] | None = None
         if state is not None and state != lease.state:
             try:

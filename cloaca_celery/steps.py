@@ -115,15 +115,15 @@ tasks = StepRegistry()
 """The process-wide registry of ``@task`` steps."""
 
 
-def execution_of(args: Any) -> str | None:
-    """The execution id carried by a step's first argument (its context), if it belongs to one."""
+def execution_of(args: Any) -> tuple[str, str] | None:
+    """``(execution id, trigger name)`` carried by a step's first argument (its context), if any."""
     if not args:
         return None
     first = args[0]
     if isinstance(first, dict):
-        value = first.get("execution_id")
-        if isinstance(value, str) and "trigger_name" in first:
-            return value
+        execution_id, trigger_name = first.get("execution_id"), first.get("trigger_name")
+        if isinstance(execution_id, str) and isinstance(trigger_name, str):
+            return execution_id, trigger_name
     return None
 
 
@@ -146,8 +146,8 @@ def step_starts(runtime: Runtime, execution_id: str, task_id: str) -> bool:
     return live
 
 
-def step_ends(runtime: Runtime, execution_id: str, task_id: str, retry_at: float | None = None,
-              eager: bool = False) -> None:
+def step_ends(runtime: Runtime, execution_id: str, trigger_name: str, task_id: str,
+              retry_at: float | None = None, eager: bool = False) -> None:
     """Release the step's lease here and record its end in the store (beside, not in the way).
 
     ``retry_at`` (store clock): the step waits to retry until then, and keeps
@@ -159,7 +159,8 @@ def step_ends(runtime: Runtime, execution_id: str, task_id: str, retry_at: float
     def record() -> None:
         now = clock.now()
         retry_until = None if retry_at is None else retry_at + settings.lease
-        store.end_step(execution_id, task_id, now, now + settings.queued_timeout, retry_until)
+        if store.end_step(execution_id, task_id, now, now + settings.queued_timeout, retry_until):
+            runtime.after_end(execution_id, trigger_name)  # this end ended an execution that was ending
 
     if eager:
         record()
@@ -187,16 +188,17 @@ class WorkflowStep(Task):  # type: ignore[misc]
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
         request = self.request
-        execution_id = execution_of(args)
+        step = execution_of(args)
         runtime = runtime_of(self.app)
-        if execution_id is not None and runtime is not None and task_id:
+        if step is not None and runtime is not None and task_id:
+            execution_id, trigger_name = step
             if not step_starts(runtime, execution_id, task_id):
                 logger.warning(
                     "%s: step %r of execution %s not run: the execution has ended, or is ending "
-                    "after another of its steps failed", args[0].get("trigger_name"), self.name, execution_id,
+                    "after another of its steps failed", trigger_name, self.name, execution_id,
                 )
                 raise Ignore()
-            request.cloaca_execution = execution_id
+            request.cloaca_step = step
         if self.cloaca_track_started and not request.is_eager and task_id:
             self._record_started(task_id)
 
@@ -212,11 +214,12 @@ class WorkflowStep(Task):  # type: ignore[misc]
             # Before Celery stores the outcome: a STARTED not yet written never follows it.
             if request.id:
                 task_ends(request.id)
-            execution_id = getattr(request, "cloaca_execution", None)
+            step = getattr(request, "cloaca_step", None)
             runtime = runtime_of(self.app)
-            if execution_id is not None and runtime is not None:
+            if step is not None and runtime is not None:
                 at = None if retrying is None else retry_at(runtime, retrying.when)
-                step_ends(runtime, execution_id, request.id, at, eager=bool(request.is_eager))
+                execution_id, trigger_name = step
+                step_ends(runtime, execution_id, trigger_name, request.id, at, eager=bool(request.is_eager))
 
     def _record_started(self, task_id: str) -> None:
         """Store the STARTED state (what Celery's ``track_started`` stores), beside the step.
@@ -336,16 +339,16 @@ def connect(app: Celery, skip: frozenset[str]) -> None:
     ``failed``).
     """
 
-    def plain_step(task: Any, args: Any) -> tuple[Runtime, str] | None:
+    def plain_step(task: Any, args: Any) -> tuple[Runtime, str, str] | None:
         if getattr(task, "app", None) is not app or getattr(task, "name", None) in skip:
             return None
         if isinstance(task, WorkflowStep):
             return None
-        execution_id = execution_of(args)
+        step = execution_of(args)
         runtime = runtime_of(app)
-        if execution_id is None or runtime is None:
+        if step is None or runtime is None:
             return None
-        return runtime, execution_id
+        return runtime, *step
 
     def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
         found = plain_step(task, args)
@@ -357,21 +360,23 @@ def connect(app: Celery, skip: frozenset[str]) -> None:
         task_ends(task_id)  # normally done by the step itself; this covers a step that never ran
         found = plain_step(task, args)
         if found is not None and task_id:
-            runtime, execution_id = found
+            runtime, execution_id, trigger_name = found
             retrying = state == states.RETRY and isinstance(retval, Retry)
             at = retry_at(runtime, retval.when) if retrying else None
             eager = bool(getattr(task.request, "is_eager", False))
-            step_ends(runtime, execution_id, task_id, at, eager=eager)
+            step_ends(runtime, execution_id, trigger_name, task_id, at, eager=eager)
 
     def on_task_revoked(request: Any = None, sender: Any = None, **_: Any) -> None:
-        execution_id = execution_of(getattr(request, "args", None))
+        step = execution_of(getattr(request, "args", None))
         runtime = runtime_of(app)
-        if execution_id is None or runtime is None or getattr(sender, "app", app) is not app:
+        if step is None or runtime is None or getattr(sender, "app", app) is not app:
             return
+        execution_id, trigger_name = step
         task_id = getattr(request, "id", None)
-        runtime.store.request_end(
+        if runtime.store.request_end(
             execution_id, "revoked", f"task {task_id or '?'} was revoked", runtime.clock.now(), task_id,
-        )
+        ):
+            runtime.after_end(execution_id, trigger_name)
 
     signals.task_prerun.connect(on_task_prerun, weak=False)
     signals.task_postrun.connect(on_task_postrun, weak=False)

@@ -31,6 +31,7 @@ from celery import Celery, states
 from celery.backends.base import DisabledBackend
 
 from .clock import StoreClock
+from .firing import Firer
 from .logs import log_throttled, one_line
 from .settings import Settings
 from .store import Store
@@ -92,10 +93,13 @@ def _metas(backend: Any, execution: dict[str, Any]) -> dict[str, dict[str, Any]]
     return {task_id: backend.get_task_meta(task_id) for task_id in execution["task_ids"]}
 
 
-def sweep(app: Celery, settings: Settings, store: Store, clock: StoreClock) -> int:
+def sweep(app: Celery, settings: Settings, store: Store, clock: StoreClock, firer: Firer) -> int:
     """End the executions past their deadline that nothing can still be running; return how many.
 
-    Then delete one batch of history older than ``cloaca_history_retention``.
+    An ended execution's work may have a pending fire (an overlap policy that
+    buffers): it starts. So does any pending fire whose work is free (its
+    starter died). Then one batch of history older than
+    ``cloaca_history_retention`` is deleted.
     """
     ended = 0
     try:
@@ -104,11 +108,16 @@ def sweep(app: Celery, settings: Settings, store: Store, clock: StoreClock) -> i
         for _ in range(PAGES_PER_SWEEP):
             candidates = store.sweep_candidates(now, PAGE, after)
             for execution in candidates:
-                ended += _end(app, settings, store, clock, execution, now)
+                if _end(app, settings, store, clock, execution, now):
+                    ended += 1
+                    firer.after_end(execution["execution_id"], execution["trigger_name"],
+                                    execution.get("dedup_hash"))
             if len(candidates) < PAGE:
                 break
             last = candidates[-1]
             after = (float(last["deadline_at"]), last["execution_id"])
+        for trigger_name, work in store.orphan_pending(PAGE):
+            firer.start_pending(trigger_name, work)
         _prune(settings, store, now)
     except Exception as exc:  # noqa: BLE001 - asked again at the next sweep
         log_throttled(logger, "sweep-store", logging.WARNING,
@@ -117,22 +126,22 @@ def sweep(app: Celery, settings: Settings, store: Store, clock: StoreClock) -> i
 
 
 def _end(app: Celery, settings: Settings, store: Store, clock: StoreClock, execution: dict[str, Any],
-         now: float) -> int:
+         now: float) -> bool:
     try:
         metas = _metas(app.backend, execution)
     except Exception as exc:  # noqa: BLE001 - an unreachable backend is asked again next sweep
         log_throttled(logger, "sweep-backend", logging.WARNING,
                       "sweep: the result backend is unreachable (%s); trying again next sweep", one_line(exc))
-        return 0
+        return False
     status, error = verdict(execution, metas, now, settings)
     if not store.end_overdue(execution["execution_id"], status, error, clock.now()):
-        return 0  # a step renewed its lease meanwhile, or another sweep ended it
+        return False  # a step renewed its lease meanwhile, or another sweep ended it
     logger.warning(
         "%s: execution %s of workflow %r marked %s by the sweep: %s",
         execution["trigger_name"], execution["execution_id"], execution["workflow"], status,
         error or "its final task succeeded",
     )
-    return 1
+    return True
 
 
 def _prune(settings: Settings, store: Store, now: float) -> None:

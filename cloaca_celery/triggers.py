@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import inspect
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .context import Context, check_json_value, context_hash
 from .durations import Duration, parse_duration
-from .errors import ConfigurationError, UnknownTriggerError
+from .errors import ConfigurationError, ContextError, UnknownTriggerError
 from .registries import Registry
 from .results import TriggerResult
-from .store import TriggerSpec
+from .store import OVERLAP_POLICIES, TriggerSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +32,14 @@ HOW_TRIGGERS_ARE_FOUND = (
 )
 
 
+BUFFERING = frozenset({"buffer_one", "buffer_all", "cancel_other", "terminate_other"})
+"""The policies that keep a fire pending until the active execution has ended."""
+
+DEFAULT_MAX_PENDING = 100
+
+DedupKey = Sequence[str] | Callable[[Any], Any] | None
+
+
 @dataclass(frozen=True)
 class TriggerDefinition:
     """What ``@trigger`` recorded about one trigger function."""
@@ -38,9 +47,36 @@ class TriggerDefinition:
     name: str
     workflow: str
     poll_interval: float
-    allow_concurrent: bool
+    overlap: str
     function: Callable[..., Any]
     takes_state: bool
+    dedup_key: DedupKey = None
+    max_pending: int = DEFAULT_MAX_PENDING
+
+    @property
+    def allow_concurrent(self) -> bool:
+        """``overlap == "allow"``: every fire runs, same work or not."""
+        return self.overlap == "allow"
+
+    def dedup_hash(self, context: Mapping[str, Any]) -> str:
+        """The hash of the work a fired ``context`` is: the whole context, or its ``dedup_key``.
+
+        Two fires are the same work for the overlap policy when these are
+        equal. A key field missing from the context, or a key function that
+        fails or returns what JSON cannot hold, is the fire's error.
+        """
+        if self.dedup_key is None:
+            return context_hash(context)
+        if callable(self.dedup_key):
+            value = check_json_value(self.dedup_key(Context(context)), f"trigger {self.name!r}: dedup_key")
+            return context_hash({"key": value})
+        missing = [k for k in self.dedup_key if k not in context]
+        if missing:
+            raise ContextError(
+                f"trigger {self.name!r}: dedup_key field(s) {', '.join(map(repr, missing))} missing from the "
+                f"fired context {sorted(context)}: fire a context that has them, or change dedup_key"
+            )
+        return context_hash({k: context[k] for k in self.dedup_key})
 
     @property
     def origin(self) -> str:
@@ -51,7 +87,7 @@ class TriggerDefinition:
     def spec(self) -> TriggerSpec:
         """What the store keeps of this trigger."""
         return TriggerSpec(name=self.name, workflow=self.workflow, poll_interval=self.poll_interval,
-                           allow_concurrent=self.allow_concurrent)
+                           allow_concurrent=self.allow_concurrent, overlap=self.overlap)
 
     def evaluate(self, state: dict[str, Any] | None = None) -> TriggerResult:
         """Call the function once (with ``state`` if it takes it) and check what it returned.
@@ -147,7 +183,10 @@ def trigger(
     *,
     name: str | None = None,
     poll_interval: Duration = DEFAULT_POLL_INTERVAL,
-    allow_concurrent: bool = False,
+    allow_concurrent: bool | None = None,
+    overlap: str | None = None,
+    dedup_key: DedupKey = None,
+    max_pending: int | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a trigger of ``workflow``.
 
@@ -156,6 +195,14 @@ def trigger(
     by the ``cloaca.poll`` Celery task once :func:`cloaca_celery.install` has
     bound the registry to an app. Invalid arguments raise ``ValueError`` here,
     at decoration time.
+
+    ``overlap`` says what a fire does while an execution of the same work is
+    active: ``"skip"`` (the default; ``allow_concurrent=False``), ``"allow"``
+    (``allow_concurrent=True``), ``"buffer_one"``, ``"buffer_all"`` (at most
+    ``max_pending`` waiting, default 100), ``"cancel_other"`` or
+    ``"terminate_other"``; see ``docs/overlap.md``. ``dedup_key`` says what
+    "the same work" is: context field names, or a function of the context
+    returning a JSON value; by default the whole context.
     """
     if callable(workflow) and not isinstance(workflow, str):
         raise ConfigurationError(
@@ -191,21 +238,65 @@ def trigger(
                     "(NUL, newline, tab...); PostgreSQL cannot store NUL and logs and the CLI show "
                     "names on one line: rename it"
                 )
-        if not isinstance(allow_concurrent, bool):
-            raise ConfigurationError(
-                f"trigger {trigger_name!r}: allow_concurrent must be True or False, "
-                f"got {allow_concurrent!r}"
-            )
+        policy = _overlap_policy(trigger_name, allow_concurrent, overlap)
         interval = parse_duration(poll_interval, f"trigger {trigger_name!r}: poll_interval")
         definition = TriggerDefinition(
             name=trigger_name,
             workflow=workflow,
             poll_interval=interval,
-            allow_concurrent=allow_concurrent,
+            overlap=policy,
             function=fn,
             takes_state=_takes_state(fn, trigger_name),
+            dedup_key=_dedup_key(trigger_name, dedup_key),
+            max_pending=_max_pending(trigger_name, policy, max_pending),
         )
         triggers.add(definition)
         return fn
 
     return decorate
+
+
+def _overlap_policy(name: str, allow_concurrent: object, overlap: object) -> str:
+    if allow_concurrent is not None and not isinstance(allow_concurrent, bool):
+        raise ConfigurationError(
+            f"trigger {name!r}: allow_concurrent must be True or False, got {allow_concurrent!r}"
+        )
+    if overlap is None:
+        return "allow" if allow_concurrent else "skip"
+    if allow_concurrent is not None:
+        raise ConfigurationError(
+            f"trigger {name!r}: give overlap={overlap!r} or allow_concurrent={allow_concurrent!r}, not both "
+            "(allow_concurrent=True is overlap='allow', False is overlap='skip')"
+        )
+    if overlap not in OVERLAP_POLICIES:
+        raise ConfigurationError(
+            f"trigger {name!r}: overlap={overlap!r} is not a policy; use one of "
+            f"{', '.join(repr(p) for p in OVERLAP_POLICIES)}"
+        )
+    return str(overlap)
+
+
+def _dedup_key(name: str, key: object) -> DedupKey:
+    if key is None or callable(key):
+        return key  # type: ignore[return-value]
+    if isinstance(key, str):
+        return (key,)
+    if isinstance(key, (list, tuple)) and key and all(isinstance(k, str) and k for k in key):
+        return tuple(key)
+    raise ConfigurationError(
+        f"trigger {name!r}: dedup_key must be a list of context field names (e.g. ['order_id']) or a "
+        f"function of the context returning a JSON value, got {key!r}"
+    )
+
+
+def _max_pending(name: str, policy: str, value: object) -> int:
+    if value is None:
+        return DEFAULT_MAX_PENDING
+    if policy != "buffer_all":
+        raise ConfigurationError(
+            f"trigger {name!r}: max_pending only applies to overlap='buffer_all' "
+            f"(this trigger's is {policy!r})"
+        )
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"trigger {name!r}: max_pending must be a positive integer, got {value!r}")
+    return value

@@ -170,3 +170,64 @@ def test_unknown_trigger_lookup_raises_key_error() -> None:
 def test_names_with_surrounding_whitespace_are_refused() -> None:
     with pytest.raises(ValueError, match="must not start or end with whitespace"):
         trigger(workflow="wf", name="orders ")(lambda: False)
+
+
+def test_overlap_policies_and_their_allow_concurrent_names() -> None:
+    @trigger(workflow="wf", name="ov_default")
+    def a() -> bool:
+        return False
+
+    @trigger(workflow="wf", name="ov_concurrent", allow_concurrent=True)
+    def b() -> bool:
+        return False
+
+    @trigger(workflow="wf", name="ov_buffer", overlap="buffer_all", max_pending=5)
+    def c() -> bool:
+        return False
+
+    assert triggers.get("ov_default").overlap == "skip" and not triggers.get("ov_default").allow_concurrent
+    assert triggers.get("ov_concurrent").overlap == "allow" and triggers.get("ov_concurrent").allow_concurrent
+    assert triggers.get("ov_buffer").max_pending == 5
+    assert triggers.get("ov_buffer").spec().overlap == "buffer_all"
+
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"overlap": "queue"}, "overlap='queue' is not a policy"),
+    ({"overlap": "allow", "allow_concurrent": True}, "not both"),
+    ({"overlap": "skip", "allow_concurrent": False}, "not both"),
+    ({"allow_concurrent": "yes"}, "allow_concurrent must be True or False"),
+    ({"dedup_key": []}, "dedup_key must be a list"),
+    ({"dedup_key": 5}, "dedup_key must be a list"),
+    ({"overlap": "buffer_one", "max_pending": 3}, "max_pending only applies to overlap='buffer_all'"),
+    ({"overlap": "buffer_all", "max_pending": 0}, "max_pending must be a positive integer"),
+])
+def test_bad_overlap_options_are_refused_at_decoration_naming_the_trigger(
+    options: dict[str, object], needle: str
+) -> None:
+    with pytest.raises(ValueError, match=r"trigger 'bad_overlap'") as raised:
+        trigger(workflow="wf", name="bad_overlap", **options)(lambda: False)  # type: ignore[arg-type]
+    assert needle in str(raised.value)
+
+
+def test_the_dedup_key_says_what_the_same_work_is() -> None:
+    from cloaca_celery import context_hash
+    @trigger(workflow="wf", name="by_order", dedup_key=["order_id"])
+    def by_order() -> bool:
+        return False
+
+    @trigger(workflow="wf", name="by_path", dedup_key=lambda c: c["path"].lower())
+    def by_path() -> bool:
+        return False
+
+    @trigger(workflow="wf", name="whole")
+    def whole() -> bool:
+        return False
+
+    order = triggers.get("by_order")
+    assert order.dedup_hash({"order_id": 7, "seen": 1}) == order.dedup_hash({"seen": 2, "order_id": 7})
+    assert order.dedup_hash({"order_id": 7}) != order.dedup_hash({"order_id": 8})
+    with pytest.raises(TypeError, match="trigger 'by_order': dedup_key field"):
+        order.dedup_hash({"other": 1})
+    path = triggers.get("by_path")
+    assert path.dedup_hash({"path": "/A.csv", "size": 1}) == path.dedup_hash({"path": "/a.csv"})
+    assert triggers.get("whole").dedup_hash({"a": 1}) == context_hash({"a": 1})
