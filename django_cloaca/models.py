@@ -59,6 +59,9 @@ class TriggerSchedule(models.Model):
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     dedup_count = models.IntegerField("deduplicated", default=0)
+    paused_at = models.DateTimeField(null=True, blank=True, help_text="when it was disabled (database clock)")
+    paused_by = models.CharField(max_length=200, null=True, blank=True, help_text="who disabled it")
+    pause_note = models.TextField(null=True, blank=True, help_text="why it was disabled")
 
     objects = TriggerScheduleQuerySet.as_manager()
 
