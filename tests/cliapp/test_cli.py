@@ -113,7 +113,7 @@ def test_disable_records_who_when_and_why_and_list_show_and_enable_tell(cli) -> 
 
     assert cli("enable", "never_fires").stdout.strip() == "never_fires: enabled"
     cleared = json.loads(cli("show", "never_fires", "--json").stdout)
-    assert [cleared[k] for k in ("enabled", "paused_at", "paused_by", "pause_note")] == [True, None, None, None]
+    assert [cleared[k] for k in ("enabled", "paused_at", "paused_by", "pause_note")] == [True, *[None] * 3]
     assert "pause note       -" in cli("show", "never_fires").stdout
 
 

@@ -469,7 +469,8 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
     assert revision_of(engines[0]) == head_revision()
     assert schema_diff(engines[0]) == []
     with engines[0].connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [head_revision()]
+        versions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        assert versions == [head_revision()]
 
 
 def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
@@ -479,7 +480,8 @@ def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
     with engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [head_revision()]
+        versions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        assert versions == [head_revision()]
 
 
 def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:
