@@ -113,14 +113,16 @@ class TriggerScheduleAdmin(TriggerOperations):
 
     @admin.display(description=_("paused"), ordering="paused_at")
     def pause(self, obj: TriggerSchedule) -> str:
-        """Who paused a disabled trigger, when and why ("-" while it is enabled)."""
+        """Who paused a disabled trigger, when, and why (clipped; the whole note on hover); "-" if enabled."""
         if obj.enabled or obj.paused_at is None:
             return "-"
         when = obj.paused_at.strftime("%Y-%m-%d %H:%M")
-        text = (gettext("by %(who)s at %(when)s") % {"who": obj.paused_by, "when": when} if obj.paused_by
-                else gettext("at %(when)s") % {"when": when})
+        who = (gettext("by %(who)s, %(when)s") % {"who": obj.paused_by, "when": when} if obj.paused_by
+               else when)
         note = obj.pause_note or ""
-        return text + (": " + (note if len(note) <= 60 else note[:57] + "...") if note else "")
+        short = note if len(note) <= 40 else note[:39] + "…"
+        return format_html("<span class='cloaca-pause' style='display: inline-block; min-width: 13em' "
+                           "title='{}'>{}<br>{}</span>", note, who, short)
 
 
 class ScheduledChoicesFilter(admin.SimpleListFilter):

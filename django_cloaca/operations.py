@@ -24,6 +24,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
@@ -285,7 +286,8 @@ class TriggerOperations(admin.ModelAdmin):  # type: ignore[type-arg]
         """A trigger's preview page: GET shows the button, POST evaluates on a worker and shows the answer."""
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
-        obj = get_object_or_404(TriggerSchedule.objects.using(self.get_queryset(request).db), pk=object_id)
+        queryset = TriggerSchedule.objects.using(self.get_queryset(request).db)
+        obj = get_object_or_404(queryset, pk=unquote(object_id))
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
         preview: Preview | None = None
@@ -301,7 +303,7 @@ class TriggerOperations(admin.ModelAdmin):  # type: ignore[type-arg]
             "preview": preview,
             "context_json": None if preview is None or preview.context is None else json.dumps(
                 preview.context, indent=2, sort_keys=True, ensure_ascii=False),
-            "change_url": reverse("admin:django_cloaca_triggerschedule_change", args=[obj.pk]),
+            "change_url": reverse("admin:django_cloaca_triggerschedule_change", args=[quote(obj.pk)]),
             "media": self.media,
         }
         request.current_app = self.admin_site.name

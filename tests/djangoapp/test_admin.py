@@ -271,7 +271,7 @@ def test_disabling_asks_why_and_records_who_when_and_why(changer: User, store: D
         False, "changer", "supplier API down until Monday")
     assert before - 1 <= paused["paused_at"].timestamp() <= store.now() + 1
     # The list shows it, and so does the trigger's page.
-    assert f"by changer at {paused['paused_at']:%Y-%m-%d %H:%M}: supplier API down until Monday" in page
+    assert f"by changer, {paused['paused_at']:%Y-%m-%d %H:%M}<br>supplier API down until Monday" in page
     change = reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"])
     detail = client.get(change).content.decode()
     assert "supplier API down until Monday" in detail and "changer" in detail
