@@ -115,7 +115,7 @@ def preview_trigger(name: str, store: Store | None, *, worker: str | None = None
         return Preview(name, "error", error=error_text(exc), took_ms=_ms(started), **base)
     took = _ms(started)
     if work is None:
-        return Preview(name, "skip", reason=SKIP_REASON, took_ms=took, **base)
+        return Preview(name, "skip", reason=SKIP_REASON + _disabled(base["enabled"]), took_ms=took, **base)
     holder = _holder(definition, store, work)
     reason = _fire_reason(definition, holder, base["enabled"])
     return Preview(name, "fire", context=context or {}, reason=reason, took_ms=took, dedup_hash=work,
@@ -140,8 +140,12 @@ def _holder(definition: TriggerDefinition, store: Store | None, work: str) -> st
     return None
 
 
+def _disabled(enabled: bool | None) -> str:
+    return " (the trigger is disabled: no scheduled poll runs it now)" if enabled is False else ""
+
+
 def _fire_reason(definition: TriggerDefinition, holder: str | None, enabled: bool | None) -> str:
-    off = " (the trigger is disabled: no scheduled poll runs it now)" if enabled is False else ""
+    off = _disabled(enabled)
     if holder is None:
         return f"a poll now would start workflow {definition.workflow!r}{off}"
     what = HOLD_WORDS.get(definition.overlap, "held")
