@@ -156,6 +156,9 @@ class TriggerOperations(admin.ModelAdmin):  # type: ignore[type-arg]
         self, request: HttpRequest, queryset: QuerySet[TriggerSchedule]
     ) -> TemplateResponse | None:
         """First an intermediate page asks why; its form posts the action again with ``post``."""
+        if not queryset.exists():  # none of the selected has a row: nothing to ask about
+            self._warn_missing(request, [])
+            return None
         if request.POST.get("post"):
             form = DisableForm(request.POST)
             if form.is_valid():

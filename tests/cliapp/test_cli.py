@@ -271,6 +271,12 @@ def test_printed_values_cannot_drive_the_terminal(cli) -> None:  # type: ignore[
         out = cli(*args).stdout
         assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, args
         assert "bad\\x1b[2Jevil\\x07" in out, (args, out)
+    done = cli("disable", "broken", "--note", "why\x1b[2J\u202enot\x07", "--by", "m\x1b[31mallory")
+    assert done.returncode == 0, done.stderr
+    for args in (("list",), ("show", "broken")):
+        out = cli(*args).stdout
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, args
+        assert "why\\x1b[2Jnot\\x07" in out and "m\\x1b[31mallory" in out, (args, out)
 
 
 def test_check_fails_when_no_trigger_is_found(tmp_path: Path) -> None:
