@@ -75,7 +75,15 @@ def run_preview(name: str) -> Preview:
     A preview that could not be sent or came back with no answer is an
     ``error`` preview whose text says what to check.
     """
-    timeout = float(getattr(settings, "CLOACA_PREVIEW_TIMEOUT", DEFAULT_PREVIEW_TIMEOUT))
+    setting = getattr(settings, "CLOACA_PREVIEW_TIMEOUT", DEFAULT_PREVIEW_TIMEOUT)
+    try:
+        timeout = float(setting)
+    except (TypeError, ValueError):
+        timeout = 0.0
+    if not timeout > 0 or isinstance(setting, bool):
+        return Preview(name, "error", error=gettext(
+            "the setting CLOACA_PREVIEW_TIMEOUT must be a positive number of seconds, not %(value)r: "
+            "fix it in the Django settings") % {"value": setting})
     try:
         result = send_preview(celery_app(), name)
     except Exception as exc:  # noqa: BLE001 - shown to the operator, who can retry

@@ -11,7 +11,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.db import connection
-from django.test import Client, RequestFactory
+from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
@@ -394,3 +394,15 @@ def test_preview_needs_the_change_permission(viewer: User, store: DjangoStore) -
     change = reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"])
     assert "cloaca-preview-link" not in _client(viewer).get(change).content.decode()
     assert _history("invoice_watcher") == []
+
+
+@pytest.mark.parametrize("timeout", ["soon", 0, -1, True])
+def test_a_bad_preview_timeout_is_named_on_the_page(
+    changer: User, store: DjangoStore, switches: dict[str, Any], timeout: object
+) -> None:
+    switches["invoice"] = "INV-NOT-SEEN"
+    url = reverse("admin:django_cloaca_triggerschedule_preview", args=["invoice_watcher"])
+    with override_settings(CLOACA_PREVIEW_TIMEOUT=timeout):
+        page = _client(changer).post(url).content.decode()
+    assert 'data-result="error"' in page and "INV-NOT-SEEN" not in page
+    assert "the setting CLOACA_PREVIEW_TIMEOUT must be a positive number of seconds" in page
