@@ -341,16 +341,21 @@ def poll(ctx: click.Context, name: str, fire: bool, on_worker: bool, timeout: fl
     if on_worker:
         preview = Preview.from_dict(_from_worker(inst, name, timeout, lambda: send_preview(inst.app, name)))
     else:
-        store: Store | None = None
-        if definition.takes_state:
-            store = _store_call(inst, "poll", lambda s: s)
-        else:
-            try:
-                store = _store(inst)
-            except Exception:  # noqa: BLE001 - a trigger without state evaluates without the store
-                store = None
-        preview = preview_trigger(name, store)
+        preview = preview_trigger(name, _store_for_preview(inst, definition.takes_state))
     _print_preview(ctx, preview, as_json)
+
+
+def _store_for_preview(inst: Installation, needed: bool) -> Store | None:
+    """The store as it is (no sync: a preview writes nothing); ``None`` if a trigger without state
+    cannot reach it. A trigger with state needs it: an unreachable store is then one line and 69."""
+    try:
+        return inst.store
+    except Exception as exc:  # noqa: BLE001 - one line, or no store at all
+        if not needed:
+            return None
+        code = EX_CONFIG if isinstance(exc, ConfigurationError) else EX_UNAVAILABLE
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _exit(f"poll: the store could not be reached: {type(exc).__name__}: {first_line}", code)
 
 
 def _from_worker(inst: Installation, name: str, timeout: float, send: Callable[[], Any]) -> Any:
