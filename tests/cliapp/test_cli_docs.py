@@ -34,6 +34,7 @@ VARYING = [
     (re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?(\+00:00| UTC)?"), "<time>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<id>"),
     (re.compile(r"sqlite:///\S+?\.db"), "<store>"),
+    (re.compile(r'"took_ms": [0-9.]+'), '"took_ms": <ms>'),
 ]
 
 
