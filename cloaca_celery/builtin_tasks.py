@@ -69,7 +69,7 @@ def firer(app: Celery, runtime: Runtime) -> Firer:
 
 def poller(app: Celery, runtime: Runtime) -> Poller:
     """A poller of ``app``."""
-    return Poller(runtime.settings, runtime.store, runtime.clock, firer(app, runtime))
+    return Poller(runtime.settings, runtime.store, runtime.clock, firer(app, runtime), runtime.health)
 
 
 def poll_options(settings: Settings) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def register(app: Celery, runtime: Runtime) -> None:
             return
         if name == POLL_TASK:
             args = getattr(request, "args", None) or ("?",)
-            dropped_late(str(args[0]), EXPIRY_ALLOWANCE)
+            dropped_late(str(args[0]), EXPIRY_ALLOWANCE, runtime.health)
         else:
             log_throttled(
                 logger, "dispatch-expired", logging.WARNING,

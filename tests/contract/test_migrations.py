@@ -22,13 +22,17 @@ from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, Held, NewExecution, PendingFire, TriggerSpec, claim_key
 from tests.contract.conftest import Backend
 
-CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending"}
+CLOACA_TABLES = {
+    "cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending",
+    "cloaca_health",
+}
 TABLES_AT = {
     "0001": {"cloaca_schedules"},
     "0002": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0003": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0004": {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"},
-    "0005": CLOACA_TABLES,
+    "0005": CLOACA_TABLES - {"cloaca_health"},
+    "0006": CLOACA_TABLES,
 }
 
 
@@ -50,8 +54,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0005() -> None:
-    assert head_revision() == "0005"
+def test_head_is_0006() -> None:
+    assert head_revision() == "0006"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
@@ -444,7 +448,7 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
     assert revision_of(engines[0]) == head_revision()
     assert schema_diff(engines[0]) == []
     with engines[0].connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0005"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0006"]
 
 
 def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
@@ -454,7 +458,7 @@ def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
     with engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0005"]
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0006"]
 
 
 def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:
