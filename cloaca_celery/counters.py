@@ -298,9 +298,8 @@ class HealthCounter:
                 raise
             current = minute_of(self._now())
             with self._lock:
-                for key in keys:
-                    if key[1] < current and key not in self._dirty:
-                        self._rows.pop(key, None)
+                for key in [key for key in self._rows if key[1] < current and key not in self._dirty]:
+                    del self._rows[key]
             return len(rows)
 
     def snapshot(self) -> list[HealthCounts]:
