@@ -340,7 +340,8 @@ def test_metrics_serves_the_sums_to_prometheus(cli, tmp_path: Path) -> None:  # 
         assert samples[("cloaca_store_up", ())] == 1.0
         labels = (("outcome", "skipped"), ("trigger", "never_fires"))
         assert samples[("cloaca_trigger_polls_total", labels)] == 7.0
-        assert samples[("cloaca_trigger_polls_total", (("outcome", "fired"), ("trigger", "never_fires")))] == 1.0
+        fired = (("outcome", "fired"), ("trigger", "never_fires"))
+        assert samples[("cloaca_trigger_polls_total", fired)] == 1.0
         assert samples[("cloaca_trigger_poll_duration_seconds_count", (("trigger", "never_fires"),))] == 8.0
         assert samples[("cloaca_trigger_fire_latency_seconds_count", (("trigger", "never_fires"),))] == 1.0
         assert samples[("cloaca_trigger_unhealthy", (("trigger", "never_fires"),))] == 0.0

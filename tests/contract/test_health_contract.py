@@ -76,7 +76,8 @@ def test_last_polls_is_the_latest_of_every_process(store: Store) -> None:
     store.save_health("p:1:a", [counted("orders", T0, 1), counted("orders", T0 + 130, 1)])
     store.save_health("p:2:b", [counted("orders", T0 + 131, 1), counted("reports", T0 + 10, 1)])
     assert store.last_polls() == {
-        "orders": datetime.fromtimestamp(T0 + 131, tz=UTC), "reports": datetime.fromtimestamp(T0 + 10, tz=UTC),
+        "orders": datetime.fromtimestamp(T0 + 131, tz=UTC),
+        "reports": datetime.fromtimestamp(T0 + 10, tz=UTC),
     }
 
 
