@@ -23,6 +23,7 @@ from django.utils.http import urlencode
 from cloaca_celery.builtin_tasks import DISPATCH_TASK, send_manual_poll
 from cloaca_celery.durations import format_duration
 
+from .health_admin import HealthAdminMixin
 from .models import TriggerExecution, TriggerSchedule
 from .store import DjangoStore
 
@@ -45,10 +46,10 @@ def _pretty_json(value: Any) -> str:
 
 
 @admin.register(TriggerSchedule)
-class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TriggerScheduleAdmin(HealthAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = (
         "trigger_name", "workflow", "interval", "enabled", "last_poll_at", "last_fire_at",
-        "errors", "short_error", "history",
+        "errors", "short_error", "health_status", "history",
     )
     list_display_links = ("trigger_name",)
     list_editable = ("enabled",)
@@ -59,7 +60,7 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     readonly_fields = (
         "trigger_name", "workflow", "interval", "allow_concurrent", "registered", "next_poll",
         "last_poll_at", "last_fire_at", "consecutive_errors", "last_error", "last_error_at",
-        "dedup_count", "state_json", "created_at", "updated_at", "history",
+        "dedup_count", "state_json", "created_at", "updated_at", "history", *HealthAdminMixin.health_fields,
     )
     fieldsets = (
         (None, {"fields": ("trigger_name", "workflow", "enabled", "history")}),
@@ -69,6 +70,7 @@ class TriggerScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             "dedup_count",
         )}),
         ("State", {"classes": ("collapse",), "fields": ("state_json", "created_at", "updated_at")}),
+        HealthAdminMixin.health_fieldset,
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
