@@ -54,10 +54,21 @@ def _stale(schedule: Mapping[str, Any], last_polled_at: datetime | None, now: da
         return ""
     what = f"last polled at {since:%Y-%m-%d %H:%M:%S} UTC" if last_polled_at else "never polled"
     return (
-        f"not polled for {format_duration(round(idle))} ({what}), more than {STALE_AFTER_INTERVALS} "
+        f"not polled for {_for_people(idle)} ({what}), more than {STALE_AFTER_INTERVALS} "
         f"intervals of {format_duration(interval)}: are a worker and beat running, and do the workers "
         "keep up with the polls (see the late polls in `celery cloaca stats`)?"
     )
+
+
+def _for_people(seconds: float) -> str:
+    """``45s``, ``10m``, ``3.5h``, ``2.1d``: precise enough for how long a trigger went unpolled."""
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
 
 
 def assess_schedule(

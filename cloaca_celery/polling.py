@@ -208,13 +208,18 @@ class Poller:
         return report
 
     def _count(self, definition: TriggerDefinition, status: str, fire: Fire | None, began: float) -> None:
-        """Count the poll in this process's health counts (no store write: see :mod:`.counters`)."""
+        """Count the poll in this process's health counts (no store write: see :mod:`.counters`).
+
+        ``dropped`` counts the pending fires ``buffer_all`` dropped past ``max_pending``; the
+        pending fire a newer one replaces under ``buffer_one`` is not counted as dropped.
+        """
         assert self.health is not None
         held = fire is not None and status not in ("fired", "error")
         self.health.poll(
             definition.name, status, definition.overlap, began, self.clock.now(),
             pending=held and status in ("buffered", "cancelling"),
-            cancelled=fire is not None and fire.cancelled, dropped=fire.dropped if fire is not None else 0,
+            cancelled=fire is not None and fire.cancelled,
+            dropped=fire.dropped if fire is not None and definition.overlap == "buffer_all" else 0,
         )
 
     @staticmethod
