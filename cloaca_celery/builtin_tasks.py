@@ -184,7 +184,9 @@ def register(app: Celery, runtime: Runtime) -> None:
             return
         if name == POLL_TASK:
             args = getattr(request, "args", None) or ("?",)
-            dropped_late(str(args[0]), EXPIRY_ALLOWANCE, runtime.health)
+            # Celery discards expired messages in the worker's main process, which must not start
+            # a thread (it may fork a new pool process): the count waits for one (see counters).
+            dropped_late(str(args[0]), EXPIRY_ALLOWANCE, runtime.health, in_pool=False)
         else:
             log_throttled(
                 logger, "dispatch-expired", logging.WARNING,

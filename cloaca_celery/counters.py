@@ -221,8 +221,9 @@ class HealthCounter:
     def process(self) -> str:
         return self._process
 
-    def _row(self, trigger_name: str, at: float | None) -> HealthCounts:
-        """The row of ``trigger_name`` for the minute of ``at`` (called under the lock)."""
+    def _row(self, trigger_name: str, at: float | None, thread: bool = True) -> HealthCounts:
+        """The row of ``trigger_name`` for the minute of ``at`` (called under the lock); with
+        ``thread``, the flusher thread runs from now on."""
         if self._pid != os.getpid():
             # A forked pool child inherits the parent's counts and not its thread: it starts afresh.
             self._pid = os.getpid()
@@ -235,16 +236,23 @@ class HealthCounter:
         if row is None:
             row = self._rows[key] = HealthCounts(trigger_name, minute)
         self._dirty.add(key)
-        if self._thread is None or not self._thread.is_alive():
+        if thread and (self._thread is None or not self._thread.is_alive()):
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="cloaca-health", daemon=True)
             self._thread.start()
         return row
 
-    def count(self, trigger_name: str, at: float | None = None, **increments: int) -> None:
-        """Add ``increments`` (names of :data:`COUNTS`) to the trigger's current minute."""
+    def count(self, trigger_name: str, at: float | None = None, *, thread: bool = True,
+              **increments: int) -> None:
+        """Add ``increments`` (names of :data:`COUNTS`) to the trigger's current minute.
+
+        ``thread=False`` counts without starting the flusher thread (in a prefork
+        worker's main process, which must not run a thread when it forks a new
+        pool process): the counts wait for a thread a poll started, or for
+        :meth:`stop` at shutdown.
+        """
         with self._lock:
-            row = self._row(trigger_name, at)
+            row = self._row(trigger_name, at, thread)
             for name, value in increments.items():
                 setattr(row, name, getattr(row, name) + value)
 

@@ -51,12 +51,14 @@ class PollReport:
         }
 
 
-def dropped_late(name: str, late_by: float, health: HealthCounter | None = None) -> None:
+def dropped_late(name: str, late_by: float, health: HealthCounter | None = None,
+                 in_pool: bool = True) -> None:
     """A poll that waited too long to start: counted (in ``health`` too), and logged at most once a
-    minute per trigger."""
+    minute per trigger. ``in_pool=False``: counted by a worker's main process (see
+    :meth:`~cloaca_celery.counters.HealthCounter.count`)."""
     late_polls[name] = late_polls.get(name, 0) + 1
     if health is not None:
-        health.count(name, late=1)
+        health.count(name, late=1, thread=in_pool)
     log_throttled(
         logger, f"late:{name}", logging.WARNING,
         "%s: poll dropped unrun: it started %.2fs after it had to (half an interval after it was sent); "

@@ -193,3 +193,13 @@ def test_three_failed_polls_are_unhealthy_whether_or_not_it_was_polled_lately() 
     health = assess_schedule(failing, last_polled_at=now, now=now)
     assert health.status == "unhealthy" and "last 3 polls failed" in health.reason
     assert assess_schedule(schedule(consecutive_errors=1), last_polled_at=now, now=now).status == "warning"
+
+
+def test_counts_without_a_thread_wait_for_one_or_for_stop() -> None:
+    sink = Sink()
+    health = HealthCounter(sink, Clock(T0), 0.01)
+    health.count("orders", late=1, thread=False)  # a prefork worker's main process
+    threading.Event().wait(0.2)
+    assert sink.writes == []  # nothing flushed it meanwhile
+    health.stop()
+    assert [(rows[0].late, rows[0].polls) for _, rows in sink.writes] == [(1, 0)]
