@@ -4,6 +4,7 @@ triggers and steps noted themselves, after a worker and beat ran and stopped."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cloaca_celery.counters import HealthCounts, total
 from cloaca_celery.sqlstore import SqlStore
@@ -39,6 +41,8 @@ def test_the_counts_equal_what_the_triggers_and_steps_noted(
 ) -> None:
     since = datetime.now(timezone.utc) - timedelta(minutes=1)
     project = launch("e2e_health", E2E_REDIS_URL=redis_url, E2E_DATABASE_URL=str(store.engine.url))
+    metrics = project.command("metrics", "cloaca", "metrics", "--port", "0")
+    metrics.wait_for_log("/metrics", timeout=60)
     worker = project.worker(concurrency=3)
     beat = project.beat()
     redis_client.set("go", 1)
@@ -74,3 +78,17 @@ def test_the_counts_equal_what_the_triggers_and_steps_noted(
     assert held.fires <= redis_client.llen("firsts:hc_held") == held.latency_seconds.count
     schedule = store.get_schedule("hc_held")
     assert schedule["consecutive_errors"] == 0
+
+    # Prometheus reads the same sums from the store, whichever processes counted them.
+    url = next(word for word in metrics.log().split() if word.endswith("/metrics"))
+    with urllib.request.urlopen(url, timeout=30) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    polls = {(s.labels["trigger"], s.labels["outcome"]): s.value
+             for s in families["cloaca_trigger_polls"].samples if s.name.endswith("_total")}
+    assert polls[("hc_mixed", "fired")] == mixed.fires
+    assert polls[("hc_mixed", "error")] == mixed.errors
+    assert polls[("hc_mixed", "skipped")] == mixed.skips
+    assert polls[("hc_held", "held")] == held.held_buffer_one
+    latency = {s.labels["trigger"]: s.value for s in families["cloaca_trigger_fire_latency_seconds"].samples
+               if s.name.endswith("_count")}
+    assert latency["hc_mixed"] == mixed.latency_seconds.count
