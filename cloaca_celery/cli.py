@@ -213,11 +213,11 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
         ("enabled", _yes(s["enabled"])),
         ("in code", _yes(s["registered"]) + ("" if s["registered"] else
                                               " (no worker defines it any more: not polled)")),
-        ("concurrent", _yes(s["allow_concurrent"])),
+        ("overlap", str(s["overlap"])),
         ("next poll", _when(s["next_poll_at"])),
         ("last poll", _when(s["last_poll_at"])),
         ("last fire", _when(s["last_fire_at"])),
-        ("deduplicated", str(s["dedup_count"])),
+        ("held back", str(s["dedup_count"])),
         ("errors in a row", str(errors) + (f" ({health.status})" if errors else "")),
         ("last error at", _when(s["last_error_at"])),
         ("state", json.dumps(s["state"], sort_keys=True, ensure_ascii=False)),
