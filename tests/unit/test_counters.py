@@ -203,3 +203,34 @@ def test_counts_without_a_thread_wait_for_one_or_for_stop() -> None:
     assert sink.writes == []  # nothing flushed it meanwhile
     health.stop()
     assert [(rows[0].late, rows[0].polls) for _, rows in sink.writes] == [(1, 0)]
+
+
+class RowsStore:
+    """The part of a store ``HealthTotals`` reads: merged rows from a minute on."""
+
+    def __init__(self) -> None:
+        self.rows: list[HealthCounts] = []
+
+    def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
+        return merge(row for row in self.rows if row.minute >= since)
+
+
+def test_prometheus_totals_count_from_the_servers_start_and_never_go_back() -> None:
+    from cloaca_celery.metrics import WINDOW, HealthTotals
+
+    store = RowsStore()
+    before = HealthCounts("orders", MINUTE - timedelta(minutes=1), skips=5)  # before the server started
+    store.rows.append(before)
+    totals = HealthTotals(store, T0)  # type: ignore[arg-type]
+    assert totals.read(T0) == {}
+    first = HealthCounts("orders", MINUTE, skips=2)
+    store.rows.append(first)
+    assert totals.read(T0 + 1)["orders"].skips == 2
+    first.skips = 3  # the process's next flush of the same minute replaces its row
+    store.rows.append(HealthCounts("orders", MINUTE, skips=1))  # another process's row
+    assert totals.read(T0 + 2)["orders"].skips == 4
+    later = T0 + WINDOW + 120  # the first minute is no longer read, and still counted
+    store.rows.append(HealthCounts("orders", minute_of(later), skips=7))
+    assert totals.read(later)["orders"].skips == 11
+    store.rows.clear()  # pruned from the store
+    assert totals.read(later + 1)["orders"].skips == 11
