@@ -43,6 +43,9 @@ COUNTS = (
 )
 """The counters of a health row, in the order shown."""
 
+STOP_TIMEOUT = 5.0
+"""Seconds a process that is ending waits for its last health counts to be written."""
+
 OUTCOMES = ("skips", "fires", "held", "errors")
 """What a poll that ran ended as (a poll is exactly one of them)."""
 
@@ -315,13 +318,27 @@ class HealthCounter:
         with self._lock:
             return [row.copy() for _, row in sorted(self._rows.items())]
 
-    def stop(self) -> None:
-        """Write what is left (worker shutdown); the thread ends."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Write what is left (worker shutdown), waiting at most ``timeout`` seconds; the thread ends.
+
+        A process that is ending must not hang on a store that does not answer
+        (or on a flush it interrupted): past ``timeout`` the counts are given up.
+        """
         self._stop.set()
-        try:
-            self.flush()
-        except Exception as exc:  # noqa: BLE001 - the process is ending; say what is lost
-            logger.warning("health: the last counts of this process were not saved: %s", exc)
+        failed: list[BaseException] = []
+
+        def last_flush() -> None:
+            try:
+                self.flush()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                failed.append(exc)
+
+        writer = threading.Thread(target=last_flush, name="cloaca-health-last", daemon=True)
+        writer.start()
+        writer.join(timeout)
+        if writer.is_alive() or failed:
+            why = " ".join(str(failed[0]).split())[:300] if failed else f"no answer within {timeout:g}s"
+            logger.warning("health: the last counts of this process were not saved: %s", why)
 
     def _run(self) -> None:
         stop = self._stop

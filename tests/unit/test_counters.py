@@ -234,3 +234,19 @@ def test_prometheus_totals_count_from_the_servers_start_and_never_go_back() -> N
     assert totals.read(later)["orders"].skips == 11
     store.rows.clear()  # pruned from the store
     assert totals.read(later + 1)["orders"].skips == 11
+
+
+def test_stop_gives_up_on_a_store_that_does_not_answer(caplog: pytest.LogCaptureFixture) -> None:
+    answer = threading.Event()
+
+    def hangs(process: str, rows: list[HealthCounts]) -> None:
+        answer.wait(30)
+
+    health = HealthCounter(hangs, Clock(T0), 3600.0)
+    health.count("orders", late=1)
+    try:
+        health.stop(timeout=0.1)  # returns: the ending process does not hang
+        assert not answer.is_set()
+        assert "last counts of this process were not saved: no answer within 0.1s" in caplog.text
+    finally:
+        answer.set()
