@@ -21,21 +21,29 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
-from cloaca_celery.sqlstore import SqlStore
 from tests.e2e.harness import CeleryProject, wait_until
 from tests.services import POSTGRES_URL, need_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
-REGISTERED = 2400
+REGISTERED = 8000
 WARM_UP = 4.0
 WINDOW = 8
+RECOVERY = 8.0
+"""Seconds the workers are given to recover from the overload (its queue drains first)."""
 HALF = 0.5
 """The light load, as a share of the bare rate."""
+LIGHT_SHARE = 0.95
+"""At the light load, at least this share of the due polls runs (the aim is 0.99)."""
+LIGHT_SHARE_UNBATCHED = 0.7
+"""Unbatched, on a machine shared with other tests: a bound only a collapse crosses (it was 0)."""
 OVER_SHARE = 0.5
-"""Overloaded (twice the bare rate due), at least this share of the bare rate runs (the aim is 0.9)."""
+"""Overloaded (all 8,000 triggers due each second), at least this share of the bare rate runs
+(the aim is 0.9; batched, the workers run more polls than bare no-op tasks)."""
+OVER_SHARE_UNBATCHED = 0.1
+"""Unbatched and overloaded (twice the bare rate due): not none (it used to fall to none)."""
 
 
 @pytest.fixture
@@ -77,54 +85,62 @@ def bare_rate(client: Any, redis_url: str, project: CeleryProject, tasks: int = 
     return (high[1] - low[1]) / (high[0] - low[0])
 
 
-def enable_first(store: SqlStore, count: int, enabled: set[str]) -> set[str]:
-    """Enable ``load-0000`` .. up to ``count`` triggers, disable the rest (only the rows that change)."""
-    wanted = {f"load-{i:04d}" for i in range(count)}
-    for name in sorted(enabled - wanted):
-        store.set_enabled(name, False)
-    for name in sorted(wanted - enabled):
-        store.set_enabled(name, True)
-    return wanted
+def enable_first(engine: Engine, count: int) -> None:
+    """Enable ``load-0000`` .. up to ``count`` triggers and disable the rest, as an operator's switch.
+
+    One statement on the schedule table (its ``enabled`` column is the switch
+    ``DefaultRunner.set_trigger_enabled`` writes), not thousands of calls.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE cloaca_schedules SET enabled = (trigger_name < :cut)"),
+                     {"cut": f"load-{count:04d}"})
 
 
-def polls_per_second(client: Any) -> float:
-    """Evaluations a second over ``WINDOW`` whole seconds, after ``WARM_UP``."""
-    time.sleep(WARM_UP)
+def polls_per_second(client: Any, warm_up: float = WARM_UP) -> float:
+    """Evaluations a second over ``WINDOW`` whole seconds, after ``warm_up``."""
+    time.sleep(warm_up)
     first = int(time.time()) + 1
     time.sleep(first + WINDOW + 0.3 - time.time())  # the last second's counts have arrived
     return _total(client, "evals", range(first, first + WINDOW)) / WINDOW
 
 
-@pytest.mark.parametrize("pool", ["solo", "prefork-prefetch-64"])
+@pytest.mark.parametrize(
+    ("pool", "batched"), [("solo", True), ("prefork-prefetch-64", True), ("solo", False)],
+    ids=["solo", "prefork-prefetch-64", "solo-unbatched"],
+)
 def test_polling_saturates_under_load_and_recovers(
-    pool: str, launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any,
+    pool: str, batched: bool, launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any,
     pg_store_url: str, tmp_path: Path,
 ) -> None:
     project = launch("e2e_load", E2E_REDIS_URL=redis_url, E2E_DATABASE_URL=pg_store_url,
                      E2E_LOAD_TRIGGERS=str(REGISTERED), E2E_LOAD_INTERVAL="1",
-                     E2E_PREFETCH="64" if pool != "solo" else "4")
+                     E2E_PREFETCH="64" if pool != "solo" else "4",
+                     E2E_POLL_BATCH_SIZE="50" if batched else "1")
     worker = (project.worker("-P", "solo", concurrency=1) if pool == "solo"
               else project.worker(concurrency=2))
     worker.wait_for_log("ready", timeout=60)
-    store = SqlStore(create_engine(pg_store_url))
+    engine = create_engine(pg_store_url)
     try:
-        enabled = enable_first(store, 0, {f"load-{i:04d}" for i in range(REGISTERED)})
+        enable_first(engine, 0)
         bare = bare_rate(redis_client, redis_url, project)
-        half = max(20, int(bare * HALF))
-        over = min(REGISTERED, int(bare * 2))
-        enabled = enable_first(store, half, enabled)
+        # Unbatched, a poll costs the worker about two no-op tasks (the poll, and its share of the
+        # dispatch that sent it): its light load is a fifth of the bare rate, not a half.
+        half = max(20, int(bare * (HALF if batched else HALF / 2.5)))
+        over = REGISTERED if batched else min(REGISTERED, int(bare * 2))
+        enable_first(engine, half)
         project.beat()
         half_rate = polls_per_second(redis_client)
-        enabled = enable_first(store, over, enabled)
+        enable_first(engine, over)
         over_rate = polls_per_second(redis_client)
-        enabled = enable_first(store, half, enabled)
-        recovered_rate = polls_per_second(redis_client)
+        enable_first(engine, half)
+        recovered_rate = polls_per_second(redis_client, RECOVERY)
     finally:
-        store.dispose()
-    figures = (f"{pool}: bare {bare:.0f} tasks/s; {half} triggers: {half_rate / half:.3f} of due polls run; "
-               f"{over} triggers: {over_rate:.0f} polls/s ({over_rate / bare:.2f} of bare); "
-               f"back to {half}: {recovered_rate / half:.3f}")
+        engine.dispose()
+    figures = (f"{pool}{'' if batched else ' unbatched'}: bare {bare:.0f} tasks/s; {half} triggers: "
+               f"{half_rate / half:.3f} of due polls run; {over} triggers: {over_rate:.0f} polls/s "
+               f"({over_rate / bare:.2f} of bare); back to {half}: {recovered_rate / half:.3f}")
     print(figures)
-    assert half_rate >= 0.95 * half, figures
-    assert over_rate >= OVER_SHARE * bare, figures
-    assert recovered_rate >= 0.95 * half, figures
+    light = LIGHT_SHARE if batched else LIGHT_SHARE_UNBATCHED
+    assert half_rate >= light * half, figures
+    assert over_rate >= (OVER_SHARE if batched else OVER_SHARE_UNBATCHED) * bare, figures
+    assert recovered_rate >= light * half, figures

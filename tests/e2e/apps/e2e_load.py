@@ -5,7 +5,7 @@ seconds are registered; the test enables as many as the load it wants. Each
 evaluation adds one to ``evals`` (a hash: evaluations per whole second of
 this host's clock), and each ``load.noop`` task, the bare-Celery side, to
 ``noops``: both pay the same one Redis round trip.
-``E2E_PREFETCH`` sets ``worker_prefetch_multiplier``.
+``E2E_PREFETCH`` sets ``worker_prefetch_multiplier``, ``E2E_POLL_BATCH_SIZE`` ``cloaca_poll_batch_size``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ INTERVAL = float(os.environ.get("E2E_LOAD_INTERVAL", "1"))
 app = Celery("e2e_load", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.update(broker_connection_retry_on_startup=True, result_expires=600,
                 worker_prefetch_multiplier=int(os.environ.get("E2E_PREFETCH", "4")))
-cloaca.install(app, database_url=os.environ["E2E_DATABASE_URL"])
+cloaca.install(app, database_url=os.environ["E2E_DATABASE_URL"],
+               poll_batch_size=int(os.environ.get("E2E_POLL_BATCH_SIZE", "50")))
 r = redis.Redis.from_url(REDIS_URL)
 
 
