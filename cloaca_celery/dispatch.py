@@ -172,7 +172,7 @@ def worth_sending(slot: Slot, sending: float, lag: float) -> bool:
 
 def dispatch_due(app: Celery, settings: Settings, store: Store, clock: StoreClock, poll_task: str,
                  options: dict[str, Any], now: float | None = None, sent: float | None = None,
-                 batch_task: str | None = None) -> int:
+                 batch_task: str | None = None, limit: int | None = None) -> int:
     """Claim the due triggers and publish their polls (with ``options``); return how many.
 
     The polls of cheap triggers go in ``batch_task`` messages of up to
@@ -182,7 +182,8 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, clock: StoreCloc
     Times are the store's. ``sent`` is when beat sent this dispatch tick (its
     stamp, see :func:`stamp_tick`); the tick's wait in the queue decides which
     due slots are still worth a poll (:func:`worth_sending`); the others are
-    shed: claimed, not sent, counted late.
+    shed: claimed, not sent, counted late. ``limit`` (the most slots to claim)
+    replaces this process's pace (:class:`ClaimPace`): a backlog is claimed at once.
 
     Polls are sent when due, never ahead with an
     ``eta``: a worker holding many ``eta`` tasks starts at most ten of them
@@ -202,8 +203,9 @@ def dispatch_due(app: Celery, settings: Settings, store: Store, clock: StoreCloc
         return 0
     tick = settings.dispatch_interval or auto_dispatch_interval()
     try:
-        due = store.claim_due(now, pace.next_limit(claims_per_tick(settings.dispatch_batch_size, tick),
-                                                   lag, tick))
+        if limit is None:
+            limit = pace.next_limit(claims_per_tick(settings.dispatch_batch_size, tick), lag, tick)
+        due = store.claim_due(now, limit)
     except Exception as exc:  # noqa: BLE001 - every tick would fail alike: one line every 10 s
         log_throttled(logger, "dispatch-store", logging.WARNING,
                       "dispatch: the store is unreachable (%s); no polls until it answers", one_line(exc))
