@@ -195,6 +195,19 @@ def entry_time_limit(seconds: float) -> Iterator[bool]:
         signal.signal(signal.SIGALRM, previous)
 
 
+_polling = threading.local()
+
+
+def current_entry() -> Entry | None:
+    """The batch entry this thread is polling now (its trigger and slot), or ``None``.
+
+    Inside a trigger function polled in a ``cloaca.poll_batch``, where
+    ``current_task.request`` is the batch's, this says which slot the poll is for.
+    """
+    entry: Entry | None = getattr(_polling, "entry", None)
+    return entry
+
+
 def run_batch(
     poller: Poller, entries: Sequence[Entry], hand_back: Callable[[list[Entry]], None], time_limit: float
 ) -> list[PollReport]:
@@ -211,6 +224,7 @@ def run_batch(
         name, slot = entry
         began = time.perf_counter()
         watch = watchdog.watch(time.time() + HANDBACK_AFTER, functools.partial(run.give_back, name), name)
+        _polling.entry = entry
         try:
             with entry_time_limit(time_limit):
                 report = poller.poll(name, slot)
@@ -219,6 +233,7 @@ def run_batch(
             logger.warning("%s: poll in a batch timed out after %gs", name, time_limit)
         finally:
             watch.cancel()
+            _polling.entry = None
         measures.record(name, time.perf_counter() - began, report)
         reports.append(report)
     return reports
