@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.counting import FLUSH_PERIOD, LocalSqlCount
 from benchmarks.processes import Processes
+from benchmarks.recovery import recovery
 from benchmarks.services import Services
 
 WORKFLOW = "bench_flow"
@@ -414,6 +415,7 @@ class Bench:
             ("scale, 10x", lambda: self.scale(self.size.large_triggers, "large")),
             ("scale 10x, bare Celery", lambda: self.scale(self.size.large_triggers, "large", bare=True)),
             ("beat memory", self.beat_memory),
+            ("recovery from a killed worker", lambda: recovery(self)),
         ):
             started = time.monotonic()
             figures.update(step())
