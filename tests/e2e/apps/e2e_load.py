@@ -5,6 +5,7 @@ seconds are registered; the test enables as many as the load it wants. Each
 evaluation adds one to ``evals`` (a hash: evaluations per whole second of
 this host's clock), and each ``load.noop`` task, the bare-Celery side, to
 ``noops``: both pay the same one Redis round trip.
+``E2E_LOAD_FIRING`` adds a trigger at 50 ms that fires every poll.
 ``E2E_PREFETCH`` sets ``worker_prefetch_multiplier``, ``E2E_POLL_BATCH_SIZE`` ``cloaca_poll_batch_size``.
 """
 
@@ -32,7 +33,7 @@ r = redis.Redis.from_url(REDIS_URL)
 
 @cloaca.task()
 def load_step(context: cloaca.Context) -> None:
-    """Never run: the load triggers only skip."""
+    """The workflow of the 50 ms firing trigger (``E2E_LOAD_FIRING``); the load triggers only skip."""
 
 
 with cloaca.WorkflowBuilder("load_flow") as builder:
@@ -46,6 +47,13 @@ def cheap_poll() -> cloaca.TriggerResult:
 
 for i in range(TRIGGERS):
     cloaca.trigger(workflow="load_flow", name=f"load-{i:04d}", poll_interval=INTERVAL)(cheap_poll)
+
+
+if os.environ.get("E2E_LOAD_FIRING"):
+    @cloaca.trigger(workflow="load_flow", name="firing-50ms", poll_interval="50ms", allow_concurrent=True)
+    def firing() -> cloaca.TriggerResult:
+        """Issue 15's new user: a trigger at 50 ms that fires every poll, beside the cheap ones."""
+        return cloaca.TriggerResult.fire()
 
 
 @app.task(name="load.noop", ignore_result=True)
