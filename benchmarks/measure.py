@@ -37,6 +37,7 @@ class Size:
     fire_interval: float
     fire_writes: int
     scale_triggers: int
+    large_triggers: int
     light_triggers: int
     scale_warmup: float
     scale_seconds: int
@@ -48,10 +49,11 @@ class Size:
 
 SIZES = {
     "full": Size("full", skip_polls=2000, fire_samples=100, fire_interval=0.2, fire_writes=200,
-                 scale_triggers=1000, light_triggers=300, scale_warmup=5.0, scale_seconds=30,
+                 scale_triggers=1000, large_triggers=10_000, light_triggers=300, scale_warmup=5.0,
+                 scale_seconds=30,
                  memory_triggers=10_000, memory_ticks=5.0, flush_every=25, runs=3),
     "tiny": Size("tiny", skip_polls=100, fire_samples=10, fire_interval=0.2, fire_writes=10,
-                 scale_triggers=20, light_triggers=10, scale_warmup=1.5, scale_seconds=3,
+                 scale_triggers=20, large_triggers=40, light_triggers=10, scale_warmup=1.5, scale_seconds=3,
                  memory_triggers=200, memory_ticks=1.0, flush_every=5, runs=1),
 }
 
@@ -124,7 +126,8 @@ class Bench:
         settings, store = installation.settings, installation.store
         writes, rows, statements = self.sql.writes, self.sql.rows, self.sql.all
         try:
-            sent = dispatch_due(app, settings, store, installation.clock, POLL_TASK, {})
+            sent = dispatch_due(app, settings, store, installation.clock, POLL_TASK, {},
+                                limit=settings.dispatch_batch_size)
         finally:
             writes, rows, statements = (
                 self.sql.writes - writes, self.sql.rows - rows, self.sql.all - statements
@@ -418,14 +421,17 @@ class Bench:
             ("scale", lambda: self.scale(self.size.scale_triggers, "scale")),
             ("scale, bare Celery", lambda: self.scale(self.size.scale_triggers, "scale", bare=True)),
             ("scale, lighter load", lambda: self.scale(self.size.light_triggers, "light")),
+            ("scale, 10x", lambda: self.scale(self.size.large_triggers, "large")),
+            ("scale 10x, bare Celery", lambda: self.scale(self.size.large_triggers, "large", bare=True)),
             ("beat memory", self.beat_memory),
             ("recovery from a killed worker", lambda: recovery(self)),
         ):
             started = time.monotonic()
             figures.update(step())
             progress(f"  {name}: {time.monotonic() - started:.1f}s")
-        if figures.get("scale_share_bare"):
-            figures["scale_share_ratio"] = figures["scale_share"] / figures["scale_share_bare"]
+        for key in ("scale", "large"):
+            if figures.get(f"{key}_share_bare"):
+                figures[f"{key}_share_ratio"] = figures[f"{key}_share"] / figures[f"{key}_share_bare"]
         return figures
 
 

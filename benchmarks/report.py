@@ -29,6 +29,7 @@ class Row:
 def rows(size: Size) -> list[Row]:
     heavy = f"{size.scale_triggers:,} at 1 s"
     light = f"{size.light_triggers:,} at 1 s"
+    large = f"{size.large_triggers:,} at 1 s"
     memory = f"{size.memory_triggers:,} triggers vs none"
     at_most_one: Callable[[float], bool] = lambda v: v <= 1  # noqa: E731 - a table of targets
     return [
@@ -39,7 +40,7 @@ def rows(size: Size) -> list[Row]:
         Row("Fire latency p99, ms", "fire_p99", "fire_p99_bare", "fire_p99_ratio", digits=1),
         Row(f"Scale {heavy}: share of expected polls executed (1 beat, 2 workers -c 2; bare: "
             f"{size.scale_triggers:,} no-op tasks/s)", "scale_share", "scale_share_bare",
-            target="≥ 0.95", met=lambda v: v >= 0.95, digits=3),
+            target="≥ 0.99", met=lambda v: v >= 0.99, digits=3),
         Row(f"Scale {heavy}: share executed, cloaca / bare Celery", "scale_share_ratio", digits=2),
         Row(f"Scale {heavy}: polls executed per second", "scale_rate", "scale_rate_bare", digits=0),
         Row(f"Scale {heavy}: polls sent by the dispatcher per second", "scale_sent", digits=0),
@@ -51,6 +52,19 @@ def rows(size: Size) -> list[Row]:
         Row(f"Scale {heavy}: store write statements per executed poll", "scale_writes",
             target="≤ 1", met=at_most_one),
         Row(f"Scale {heavy}: store rows written per executed poll (rowcount)", "scale_rows",
+            target="≤ 1", met=at_most_one),
+        Row(f"Scale {large}: share of expected polls executed (bare: {size.large_triggers:,} no-op "
+            "tasks/s, as fast as the runner sends them)", "large_share", "large_share_bare",
+            target="≥ 0.95", met=lambda v: v >= 0.95, digits=3),
+        Row(f"Scale {large}: polls executed per second", "large_rate", "large_rate_bare", digits=0),
+        Row(f"Scale {large}: polls expired unrun per second", "large_expired", "large_expired_bare",
+            digits=0),
+        Row(f"Scale {large}: poll lateness p50, ms", "large_late_p50", "large_late_p50_bare", digits=1),
+        Row(f"Scale {large}: poll lateness p99, ms", "large_late_p99", "large_late_p99_bare",
+            target="≤ 250 ms", met=lambda v: v <= 250, digits=1),
+        Row(f"Scale {large}: store write statements per executed poll", "large_writes",
+            target="≤ 0.05", met=lambda v: v <= 0.05),
+        Row(f"Scale {large}: store rows written per executed poll (rowcount)", "large_rows",
             target="≤ 1", met=at_most_one),
         Row(f"Scale {light}: share of expected polls executed", "light_share",
             target="≥ 0.95", met=lambda v: v >= 0.95, digits=3),
@@ -187,7 +201,7 @@ def load_average() -> str:
 
 
 def method_notes(runs: list[dict[str, Any]]) -> list[str]:
-    keys = ("scale_late_method", "light_late_method")
+    keys = ("scale_late_method", "light_late_method", "large_late_method")
     return sorted({str(r[k]) for r in runs for k in keys if r.get(k)})
 
 
@@ -238,21 +252,23 @@ def page(
         f" {size.fire_samples} fires.",
         "  Bare side: `apply_async().get()` of a no-op task from the runner (Redis result backend),",
         "  the same number of times, on the same worker.",
-        f"- **Scale**: {size.scale_triggers:,} (and, a lighter load, {size.light_triggers:,}) skipping"
-        " triggers at 1 s,",
+        f"- **Scale**: {size.scale_triggers:,} (and, a lighter load, {size.light_triggers:,}, and ten"
+        f" times as many, {size.large_triggers:,}) skipping triggers at 1 s, polled in batches"
+        " (`cloaca_poll_batch_size` 50, the default),",
         "  one `celery beat` and two `celery worker -c 2`, all started together. After"
         f" {size.scale_warmup:g} s of warm-up,",
         f"  the trigger evaluations during {size.scale_seconds} whole seconds divided by triggers"
         " \u00d7 seconds.",
-        "  Lateness: each poll's start (`task_prerun`) minus the `due` time the dispatcher sends",
-        "  with it (without `due`: minus the trigger's ideal schedule, its first start plus whole",
-        "  intervals). Sent and expired polls are counted in the workers (`cloaca.dispatch`",
+        "  Lateness: each trigger function's start minus the `due` of its slot, which the poll",
+        "  message carries (a `cloaca.poll`'s `slot`, or the trigger's entry in a",
+        "  `cloaca.poll_batch`; without `due`: minus the trigger's ideal schedule, its first start",
+        "  plus whole intervals). Sent and expired polls are counted in the workers (`cloaca.dispatch`",
         "  results, `task_revoked` with `expired`). Store writes over the same seconds: the",
         "  INSERT/UPDATE/DELETE statements and the rows they wrote (the driver's `rowcount`),",
         "  counted by a SQLAlchemy listener in every process (`pg_stat_user_tables` lags too",
         "  much for a window this short).",
-        f"  Bare side ({size.scale_triggers:,} only): the same two workers and no beat; the runner"
-        f" sends {size.scale_triggers:,} no-op",
+        f"  Bare side ({size.scale_triggers:,} and {size.large_triggers:,}): the same two workers and"
+        " no beat; the runner sends as many no-op",
         "  tasks a second on a 50 ms tick, each carrying its due time (spread over the second as",
         "  cloaca spreads the triggers' slots) and expiring half a second after it; counted the",
         "  same way. It shows what this machine can run at all at that rate: cloaca's dispatcher",
@@ -282,6 +298,30 @@ def page(
         "  SIGKILLed in the middle of the step. From the kill: when the store ended the execution",
         "  `lost`, and when the same context started again on the second worker (its step's",
         "  first line). Never two at once: the next execution waits for the claim to be freed.",
+        "",
+        '## Batched polls, and what happens past capacity',
+        '',
+        'One Celery message per poll can never beat bare Celery: a cheap poll costs',
+        'microseconds, the message around it about a millisecond, and the dispatch',
+        'that sent it about as much again. So the dispatcher sends the polls of cheap',
+        'triggers in batches (`cloaca.poll_batch`, up to `cloaca_poll_batch_size` = 50',
+        'polls a message), each poll keeping its own slot, lease, time limit and',
+        'outcome (see [design: batched polls](design.md#batched-polls)). The scale',
+        'rows above measure batched polls; the skip-poll throughput row measures one',
+        'message per poll against one no-op task per message.',
+        '',
+        'Past what the workers can run, polling saturates instead of collapsing: a',
+        'dispatch tick that waited in the queue sheds the slots whose polls could not',
+        'start in time (claimed, counted late, never sent), and each worker process',
+        'paces its claims on that wait (see',
+        '[design: under load](design.md#under-load-shedding-not-collapsing)).',
+        '`tests/e2e/test_load.py` checks it with real processes (one solo worker, or',
+        'one prefork `-c 2` worker with `worker_prefetch_multiplier=64`, beat, Redis,',
+        "PostgreSQL): it measures the worker's bare-Celery rate first, then runs half",
+        'that load (nearly every due poll runs), 8,000 triggers at 1 s (the polls run',
+        'per second stay above half the bare rate; batched, they exceed it), and half',
+        'the load again (nearly every due poll runs again); and the same on a solo',
+        'worker with batching off, where the bound is only that polling never stops.',
         "",
         "## Machine",
         "",

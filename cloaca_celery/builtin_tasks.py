@@ -6,6 +6,8 @@ not get them):
 * ``cloaca.dispatch``, sent by beat on a short tick: publishes the due polls;
 * ``cloaca.poll``, one trigger polled once: sent by the dispatcher (with its
   slot), the CLI's ``poll --fire`` and the admin's "poll now" (without);
+* ``cloaca.poll_batch``, the scheduled polls of many cheap triggers, each
+  with its own slot (see :mod:`cloaca_celery.batches`);
 * ``cloaca.preview``, one trigger evaluated once without firing, on a
   worker: sent by the CLI's ``poll --worker`` and the admin's "Preview";
 * ``cloaca.sweep``, sent by beat: ends the executions whose end was never
@@ -18,14 +20,16 @@ not get them):
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery, signals
 
+from .batches import Entry, entries_from_message, measures, run_batch
 from .binding import Runtime, runtime_of
 from .context import merge_contexts
-from .dispatch import EXPIRY_ALLOWANCE, dispatch_due
+from .dispatch import EXPIRY_ALLOWANCE, dispatch_due, send_batch, stamp_tick
 from .firing import Firer
 from .logs import log_throttled
 from .polling import Poller, dropped_late
@@ -38,6 +42,7 @@ logger = logging.getLogger("cloaca_celery.builtin_tasks")
 
 DISPATCH_TASK = "cloaca.dispatch"
 POLL_TASK = "cloaca.poll"
+POLL_BATCH_TASK = "cloaca.poll_batch"
 PREVIEW_TASK = "cloaca.preview"
 SWEEP_TASK = "cloaca.sweep"
 COMPLETE_TASK = "cloaca.complete"
@@ -136,8 +141,21 @@ def register(app: Celery, runtime: Runtime) -> None:
             slot = {**sent_by_0_1, "lease_by": sent_by_0_1.get("hold_by")}
         if slot is None:
             return poller(app, runtime).poll(trigger_name).as_dict()
-        poller(app, runtime).poll(trigger_name, Slot.from_message(slot))
+        began = time.perf_counter()
+        report = poller(app, runtime).poll(trigger_name, Slot.from_message(slot))
+        measures.record(trigger_name, time.perf_counter() - began, report)
         return None
+
+    @app.task(name=POLL_BATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
+    def poll_batch(entries: list[list[Any]]) -> None:
+        """Poll each ``[trigger_name, slot]`` in turn, each as its own scheduled poll (see ``batches``)."""
+        options = poll_options(runtime.settings)
+
+        def hand_back(rest: list[Entry]) -> None:
+            send_batch(app, POLL_BATCH_TASK, rest, options, runtime.clock.now())
+
+        run_batch(poller(app, runtime), entries_from_message(entries), hand_back,
+                  runtime.settings.poll_time_limit)
 
     @app.task(name=PREVIEW_TASK, shared=False, bind=True, ignore_result=False, acks_late=False,
               serializer="json")
@@ -146,10 +164,11 @@ def register(app: Celery, runtime: Runtime) -> None:
         return preview_trigger(trigger_name, runtime.store, worker=self.request.hostname).as_dict()
 
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
-    def dispatch() -> int:
-        """Publish a ``cloaca.poll`` for every due trigger."""
+    def dispatch(sent: float | None = None) -> int:
+        """Publish a ``cloaca.poll`` for every due trigger; ``sent``: beat's stamp (see ``stamp_tick``)."""
         return dispatch_due(app, runtime.settings, runtime.store, runtime.clock, POLL_TASK,
-                            poll_options(runtime.settings))
+                            poll_options(runtime.settings), sent=sent, batch_task=POLL_BATCH_TASK,
+                            health=runtime.health)
 
     @app.task(name=SWEEP_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def sweep_task() -> int:
@@ -206,13 +225,18 @@ def register(app: Celery, runtime: Runtime) -> None:
     def on_expired(request: Any = None, sender: Any = None, expired: bool = False, **_: Any) -> None:
         """Celery discarded an expired message of ours: a poll late by far more than its slot allows."""
         name = getattr(request, "task", None) or getattr(request, "name", None)
-        if not expired or name not in (POLL_TASK, DISPATCH_TASK) or getattr(sender, "app", app) is not app:
+        if not expired or name not in (POLL_TASK, POLL_BATCH_TASK, DISPATCH_TASK) or (
+            getattr(sender, "app", app) is not app
+        ):
             return
+        args = getattr(request, "args", None) or ("?",)
         if name == POLL_TASK:
-            args = getattr(request, "args", None) or ("?",)
             # Celery discards expired messages in the worker's main process, which must not start
             # a thread (it may fork a new pool process): the count waits for one (see counters).
             dropped_late(str(args[0]), EXPIRY_ALLOWANCE, runtime.health, in_pool=False)
+        elif name == POLL_BATCH_TASK:
+            for entry in args[0] if isinstance(args[0], list) else ():
+                dropped_late(str(entry[0]), EXPIRY_ALLOWANCE, runtime.health, in_pool=False)
         else:
             log_throttled(
                 logger, "dispatch-expired", logging.WARNING,
@@ -221,3 +245,10 @@ def register(app: Celery, runtime: Runtime) -> None:
             )
 
     signals.task_revoked.connect(on_expired, weak=False)
+
+    def on_publish(sender: Any = None, body: Any = None, **_: Any) -> None:
+        """Beat sending a dispatch tick: stamp it with the store's time (see ``dispatch.stamp_tick``)."""
+        if sender == DISPATCH_TASK:
+            stamp_tick(body, runtime.clock.now())
+
+    signals.before_task_publish.connect(on_publish, weak=False)

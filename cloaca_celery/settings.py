@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "embedded": "auto",
     "dispatch_interval": None,
     "dispatch_batch_size": 5000,
+    "poll_batch_size": 50,
     "poll_time_limit": "30s",
     "poll_queue": None,
     "dispatch_queue": None,
@@ -58,6 +59,7 @@ class Settings:
     embedded: bool
     dispatch_interval: float | None
     dispatch_batch_size: int
+    poll_batch_size: int
     poll_time_limit: float
     poll_queue: str | None
     dispatch_queue: str | None
@@ -180,6 +182,8 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         embedded=embedded,
         dispatch_interval=dispatch_interval,
         dispatch_batch_size=batch,
+        poll_batch_size=_integer(raw["poll_batch_size"], "poll_batch_size", 1,
+                                 "a positive integer (1: every poll in a message of its own)"),
         poll_time_limit=_duration(raw["poll_time_limit"], "poll_time_limit"),
         poll_queue=raw["poll_queue"],
         dispatch_queue=raw["dispatch_queue"],

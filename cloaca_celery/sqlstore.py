@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import (
     Double,
     Engine,
+    Integer,
     Table,
     and_,
     bindparam,
@@ -185,10 +186,11 @@ class SqlStore:
             t.c.next_poll_at <= now,
             or_(t.c.poll_lease_until.is_(None), t.c.poll_lease_until < now),
         )
-        advanced = case(
-            (t.c.next_poll_at + t.c.poll_interval > now, t.c.next_poll_at + t.c.poll_interval),
-            else_=now + t.c.poll_interval,
-        )
+        behind = (now - t.c.next_poll_at) / t.c.poll_interval  # >= 0 on a due row
+        # rules.advance: the first slot of the row's own grid after now. SQLite's CAST truncates
+        # (the floor of a value >= 0) and needs no math functions; PostgreSQL's CAST would round.
+        whole = cast(behind, Integer) if self.dialect == "sqlite" else func.floor(behind)
+        advanced = t.c.next_poll_at + (whole + 1) * t.c.poll_interval
         stamped = {"next_poll_at": advanced, "last_poll_at": rules.utc(now)}
         columns = [t.c[name] for name in rules.DUE_FIELDS]
         with self.engine.begin() as conn:

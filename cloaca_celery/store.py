@@ -18,6 +18,7 @@ seconds (floats); the deadlines of executions are on the store's clock
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -133,12 +134,24 @@ def first_slot(name: str, interval: float, now: float, spread: bool) -> float:
 
 
 def advance(next_poll_at: float, interval: float, now: float) -> float:
-    """The next slot after claiming one: one interval on, or ``now + interval`` if far behind.
+    """The next slot after claiming one: the first slot on the trigger's own grid after ``now``.
 
-    The stores compute the same in SQL; this is for those that read the row first.
+    A row due at ``next_poll_at`` (at or before ``now``) moves on by whole
+    intervals, ``next_poll_at + (floor((now - next_poll_at) / interval) + 1) *
+    interval``: one interval when on time, more when it fell behind. It keeps
+    its phase, so triggers that fell behind together (an outage) do not come
+    due in the same instant from then on, and the slot claimed is the last
+    one that began at or before ``now`` (no burst of the missed ones). The
+    stores compute the same in SQL (:func:`behind_intervals` is the
+    ``floor``); this is for those that read the row first.
     """
-    following = float(next_poll_at) + float(interval)
-    return following if following > now else now + float(interval)
+    start, step = float(next_poll_at), float(interval)
+    return start + (behind_intervals(start, step, now) + 1) * step
+
+
+def behind_intervals(next_poll_at: float, interval: float, now: float) -> int:
+    """Whole intervals between a due row's ``next_poll_at`` and ``now`` (0 when on time)."""
+    return max(0, math.floor((now - next_poll_at) / interval))
 
 
 def due_poll(name: str, interval: float, next_due: float, errors: int) -> DuePoll:
@@ -268,9 +281,10 @@ class Store(Protocol):
     def claim_due(self, now: float, limit: int) -> list[DuePoll]:
         """Atomically take the poll slot of up to ``limit`` due, enabled triggers.
 
-        Each claimed row's ``next_poll_at`` moves one interval on (or to
-        ``now + interval`` when it fell behind), so concurrent dispatchers
-        split the due triggers between them instead of doubling them.
+        Each claimed row's ``next_poll_at`` moves to the first slot of its own
+        grid after ``now`` (:func:`advance`: one interval on, more when it fell
+        behind, keeping its phase), so concurrent dispatchers split the due
+        triggers between them instead of doubling them.
         """
         ...
 

@@ -52,6 +52,8 @@ class TriggerDefinition:
     takes_state: bool
     dedup_key: DedupKey = None
     max_pending: int = DEFAULT_MAX_PENDING
+    batch: bool | None = None
+    """``True``: its polls may share a message; ``False``: one message per poll; ``None``: by measure."""
 
     @property
     def allow_concurrent(self) -> bool:
@@ -115,6 +117,7 @@ class TriggerRegistry(Registry[TriggerDefinition]):
     def __init__(self) -> None:
         super().__init__()
         self._shortest: tuple[int, float | None] = (-1, None)
+        self._loads: tuple[int, float | None, float] = (-1, None, 0.0)
 
     def shortest_interval(self) -> float | None:
         """The shortest poll interval, or ``None`` without triggers.
@@ -127,6 +130,22 @@ class TriggerRegistry(Registry[TriggerDefinition]):
             value = min((d.poll_interval for d in self.items()), default=None)
             self._shortest = (self.version, value)
         return value
+
+    def longest_interval(self) -> float | None:
+        """The longest poll interval, or ``None`` without triggers (worked out once per change)."""
+        return self._load()[0]
+
+    def polls_per_second(self) -> float:
+        """How many polls a second all registered triggers are due, together (worked out once per change)."""
+        return self._load()[1]
+
+    def _load(self) -> tuple[float | None, float]:
+        version, longest, rate = self._loads
+        if version != self.version:
+            intervals = [d.poll_interval for d in self.items()]
+            longest, rate = max(intervals, default=None), sum(1.0 / i for i in intervals)
+            self._loads = (self.version, longest, rate)
+        return longest, rate
 
     def add(self, definition: TriggerDefinition) -> None:
         with self._lock:
@@ -187,6 +206,7 @@ def trigger(
     overlap: str | None = None,
     dedup_key: DedupKey = None,
     max_pending: int | None = None,
+    batch: bool | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as a trigger of ``workflow``.
 
@@ -203,6 +223,12 @@ def trigger(
     ``"terminate_other"``; see ``docs/overlap.md``. ``dedup_key`` says what
     "the same work" is: context field names, or a function of the context
     returning a JSON value; by default the whole context.
+
+    ``batch`` says whether the dispatcher may poll the trigger together with
+    other cheap triggers in one ``cloaca.poll_batch`` message: ``None`` (the
+    default) decides from the polls measured (slow, hanging or firing
+    triggers get a message of their own), ``False`` always sends its polls
+    alone, ``True`` batches them whatever is measured; see ``docs/design.md``.
     """
     if callable(workflow) and not isinstance(workflow, str):
         raise ConfigurationError(
@@ -249,11 +275,21 @@ def trigger(
             takes_state=_takes_state(fn, trigger_name),
             dedup_key=_dedup_key(trigger_name, dedup_key),
             max_pending=_max_pending(trigger_name, policy, max_pending),
+            batch=_batch(trigger_name, batch),
         )
         triggers.add(definition)
         return fn
 
     return decorate
+
+
+def _batch(name: str, batch: object) -> bool | None:
+    if batch is not None and not isinstance(batch, bool):
+        raise ConfigurationError(
+            f"trigger {name!r}: batch must be True, False or None (decide from measured polls), "
+            f"got {batch!r}"
+        )
+    return batch
 
 
 def _overlap_policy(name: str, allow_concurrent: object, overlap: object) -> str:

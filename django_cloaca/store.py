@@ -27,9 +27,22 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Case, DateTimeField, Exists, F, Max, Min, OuterRef, Q, QuerySet, Value, When
-from django.db.models.functions import Coalesce
-from django.db.models.lookups import GreaterThan
+from django.db.models import (
+    Case,
+    DateTimeField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, Floor
 
 from cloaca_celery import store as rules
 from cloaca_celery.counters import HealthCounts
@@ -116,11 +129,10 @@ class DjangoStore:
 
     def claim_due(self, now: float, limit: int) -> list[DuePoll]:
         rows = TriggerSchedule.objects.using(self.using)
-        advanced = Case(
-            When(GreaterThan(F("next_poll_at") + F("poll_interval"), now),
-                 then=F("next_poll_at") + F("poll_interval")),
-            default=Value(now) + F("poll_interval"),
-        )
+        # rules.advance: the first slot of the row's own grid after now (the row is due: >= 0).
+        behind = ExpressionWrapper((Value(now) - F("next_poll_at")) / F("poll_interval"),
+                                   output_field=FloatField())
+        advanced = F("next_poll_at") + (Floor(behind) + 1) * F("poll_interval")
         stamped = {"next_poll_at": advanced, "last_poll_at": rules.utc(now)}
         if self._skip_locked:
             with transaction.atomic(using=self.using):

@@ -25,12 +25,12 @@ import os
 import time
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, current_task, signals
 
 import cloaca_celery as cloaca
 from benchmarks.counting import Tally, count_sql, is_write
 from benchmarks.measure import trigger_name
-from cloaca_celery.builtin_tasks import DISPATCH_TASK, POLL_TASK
+from cloaca_celery.builtin_tasks import DISPATCH_TASK, POLL_BATCH_TASK, POLL_TASK
 
 REDIS_URL = os.environ["BENCH_REDIS_URL"]
 DATABASE_URL = os.environ["BENCH_DATABASE_URL"]
@@ -81,7 +81,12 @@ def _count_done(task: Any = None, retval: Any = None, **_: Any) -> None:
 @signals.task_revoked.connect(weak=False)
 def _count_expired(request: Any = None, expired: bool = False, **_: Any) -> None:
     if expired:
-        tally.incr(f"bench:expired:{getattr(request, 'task', None) or getattr(request, 'name', '?')}")
+        name = getattr(request, "task", None) or getattr(request, "name", "?")
+        if name == POLL_BATCH_TASK:  # counted as the polls it carried
+            entries = (getattr(request, "args", None) or [[]])[0]
+            tally.incr(f"bench:expired:{POLL_TASK}", len(entries) if isinstance(entries, list) else 1)
+        else:
+            tally.incr(f"bench:expired:{name}")
 
 
 _poll_started = [0.0]
@@ -98,11 +103,7 @@ def _poll_start(task: Any = None, args: Any = (), kwargs: Any = None, **_: Any) 
         return
     now = time.time()
     _poll_started[0] = now
-    if MODE != "scale":
-        return
-    due = ((kwargs or {}).get("slot") or {}).get("due")
-    lateness = "-" if due is None else f"{now - float(due):.6f}"
-    tally.push("bench:late", f"{now:.6f} {lateness} {args[0] if args else '?'}")
+    # Scale mode: each trigger records its own lateness when it runs (single or batched).
 
 
 @signals.worker_ready.connect(weak=False)
@@ -193,9 +194,27 @@ def skip_poll() -> cloaca.TriggerResult:
     return cloaca.TriggerResult.skip()
 
 
-def counted_skip_poll() -> cloaca.TriggerResult:
-    tally.hincr("bench:polls", str(int(time.time())))
-    return cloaca.TriggerResult.skip()
+def counted_skip_poll(name: str) -> Any:
+    """A skipping trigger that counts its evaluation and records its lateness: start - its slot's due.
+
+    The slot comes with the poll message: a ``cloaca.poll``'s ``slot``, or this
+    trigger's entry in a ``cloaca.poll_batch``.
+    """
+
+    def poll() -> cloaca.TriggerResult:
+        now = time.time()
+        tally.hincr("bench:polls", str(int(now)))
+        request = current_task.request if current_task else None
+        due = None
+        if request is not None and request.task == POLL_BATCH_TASK:
+            due = next((slot["due"] for entry, slot in request.args[0] if entry == name), None)
+        elif request is not None:
+            due = ((request.kwargs or {}).get("slot") or {}).get("due")
+        lateness = "-" if due is None else f"{now - float(due):.6f}"
+        tally.push("bench:late", f"{now:.6f} {lateness} {name}")
+        return cloaca.TriggerResult.skip()
+
+    return poll
 
 
 def fire_poll() -> cloaca.TriggerResult:
@@ -213,6 +232,8 @@ elif MODE == "latency":
         cloaca.trigger(workflow=WORKFLOW, name=trigger_name(i), poll_interval=INTERVAL,
                        allow_concurrent=True)(latency_poll)
 else:
-    function = {"skip": skip_poll, "scale": counted_skip_poll, "fire": fire_poll}[MODE]
     for i in range(TRIGGERS):
-        cloaca.trigger(workflow=WORKFLOW, name=trigger_name(i), poll_interval=INTERVAL)(function)
+        name = trigger_name(i)
+        function = counted_skip_poll(name) if MODE == "scale" else {"skip": skip_poll,
+                                                                    "fire": fire_poll}[MODE]
+        cloaca.trigger(workflow=WORKFLOW, name=name, poll_interval=INTERVAL)(function)

@@ -321,14 +321,31 @@ def test_claim_due_advances_next_poll_at_by_one_interval(store: SqlStore) -> Non
     assert store.get_schedule("orders")["next_poll_at"] == utc(T0 + 10)
 
 
-def test_claim_due_far_behind_moves_to_now_plus_interval(store: SqlStore) -> None:
-    """After an outage there is no burst: one claim, then the next slot is one interval away."""
+def test_claim_due_far_behind_moves_to_the_next_slot_of_its_own_grid(store: SqlStore) -> None:
+    """After an outage there is no burst: one claim, then the next slot of the trigger's own grid."""
     store.sync_triggers([spec("orders", 5.0)], T0)
     assert claimed(store, T0 + 1000.25) == ["orders"]
-    assert store.get_schedule("orders")["next_poll_at"] == utc(T0 + 1005.25)
+    assert store.get_schedule("orders")["next_poll_at"] == utc(T0 + 1005)
     assert claimed(store, T0 + 1000.25) == []
-    assert claimed(store, T0 + 1005) == []
-    assert claimed(store, T0 + 1005.25) == ["orders"]
+    assert claimed(store, T0 + 1004.9) == []
+    assert claimed(store, T0 + 1005) == ["orders"]
+
+
+def test_triggers_that_fell_behind_together_keep_their_own_phase(store: SqlStore) -> None:
+    """No herd: two triggers ten intervals behind keep their own phases, half an interval apart."""
+    store.sync_triggers([spec("early", 1.0)], T0)  # next_poll_at T0
+    store.sync_triggers([spec("early", 1.0), spec("late", 1.0)], T0 + 0.5)  # late's: T0 + 0.5
+    assert store.get_schedule("early")["next_poll_at"] == utc(T0)
+
+    # Nothing dispatched for ten intervals (an outage); then one claim of both.
+    slots = {d.trigger_name: d for d in store.claim_due(T0 + 10.6, 10)}
+
+    assert (slots["early"].due, slots["early"].next_due) == (T0 + 10, T0 + 11)
+    assert (slots["late"].due, slots["late"].next_due) == (T0 + 10.5, T0 + 11.5)
+    assert store.get_schedule("early")["next_poll_at"] == utc(T0 + 11)
+    assert store.get_schedule("late")["next_poll_at"] == utc(T0 + 11.5)
+    assert claimed(store, T0 + 11) == ["early"]  # from then on, each on its own grid
+    assert claimed(store, T0 + 11.5) == ["late"]
 
 
 def test_claim_due_skips_disabled_triggers(store: SqlStore) -> None:
@@ -343,8 +360,9 @@ def test_claim_due_skips_triggers_whose_poll_is_running(store: SqlStore) -> None
     store.sync_triggers([spec("busy"), spec("idle")], T0)
     lease_of(store, "busy", T0)  # leased until T0 + 60
     assert claimed(store, T0) == ["idle"]
-    assert claimed(store, T0 + 59) == ["idle"]  # next slot of idle: T0 + 64
-    assert claimed(store, T0 + 61) == ["busy"]  # the lease ended at T0 + 60
+    assert claimed(store, T0 + 58) == ["idle"]  # next slot of idle: T0 + 60 (its grid: T0 + 5k)
+    assert claimed(store, T0 + 59) == []
+    assert claimed(store, T0 + 60.5) == ["busy", "idle"]  # busy's lease ended at T0 + 60
 
 
 def test_claim_due_respects_the_limit(store: SqlStore) -> None:
@@ -426,8 +444,8 @@ def test_claim_due_gives_each_slot_and_the_next_and_stamps_last_poll_at(store: S
     [first] = store.claim_due(T0 + 1, 10)  # a little late: the slot stays on the grid
     assert (first.due, first.next_due) == (T0, T0 + 5)
     assert store.get_schedule("orders")["last_poll_at"] == utc(T0 + 1)
-    [behind] = store.claim_due(T0 + 100.25, 10)  # far behind: the slot is now
-    assert (behind.due, behind.next_due) == (T0 + 100.25, T0 + 105.25)
+    [behind] = store.claim_due(T0 + 100.25, 10)  # far behind: the last slot of its grid before now
+    assert (behind.due, behind.next_due) == (T0 + 100, T0 + 105)
 
 
 def test_spread_sync_puts_first_slots_within_the_first_interval_at_most_a_minute(store: SqlStore) -> None:

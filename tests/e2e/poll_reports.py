@@ -5,7 +5,8 @@ changed it may still fire a moment later, after the test saw no execution
 active. The e2e and faults apps run in the worker: each trigger records its
 ``cloaca.poll`` task (``poll_fields``) in ``polls:<trigger>`` before it reads
 its keys, and the worker adds every poll task that ends, its fire written and
-sent, to the set ``poll_ended:<trigger>`` (``report_poll_ends``). The test
+sent, to the set ``poll_ended:<trigger>`` (``report_poll_ends``; a ``cloaca.poll_batch`` adds
+its id for each of its entries). The test
 waits for the polls begun so far to end (``wait_for_polls_to_end``).
 
 The slot a poll ran for (its ``due``) also says, whatever the load, whether
@@ -21,12 +22,20 @@ from typing import Any
 
 from celery import current_task, signals
 
+from cloaca_celery.batches import current_entry
+from cloaca_celery.builtin_tasks import POLL_BATCH_TASK
 from tests.e2e.harness import CeleryProject, wait_until
 
 
 def poll_fields() -> dict[str, Any]:
-    """The poll task's id and its slot's ``due``; ``None`` outside a worker or for a manual poll."""
+    """The poll task's id and its slot's ``due``; ``None`` outside a worker or for a manual poll.
+
+    In a ``cloaca.poll_batch`` the task is the batch and the slot is this poll's entry.
+    """
     request = current_task.request if current_task else None
+    if request is not None and request.task == POLL_BATCH_TASK:
+        entry = current_entry()
+        return {"task": request.id, "due": entry[1].due if entry else None}
     slot = ((request.kwargs or {}).get("slot") if request else None) or {}
     return {"task": request and request.id, "due": slot.get("due")}
 
@@ -36,8 +45,12 @@ def report_poll_ends(client: Any) -> None:
 
     @signals.task_postrun.connect(weak=False)
     def poll_ended(task: Any = None, task_id: str | None = None, args: Any = None, **_: Any) -> None:
-        if getattr(task, "name", "") == "cloaca.poll" and args:
+        name = getattr(task, "name", "")
+        if name == "cloaca.poll" and args:
             client.sadd(f"poll_ended:{args[0]}", task_id or "")
+        elif name == POLL_BATCH_TASK and args:
+            for trigger, _slot in args[0]:
+                client.sadd(f"poll_ended:{trigger}", task_id or "")
 
 
 def wait_for_polls_to_end(client: Any, trigger: str, project: CeleryProject, timeout: float = 30.0) -> None:

@@ -183,3 +183,7 @@ def _due(task: Any = None, kwargs: Any = None, args: Any = (), **_: Any) -> None
     slot = (kwargs or {}).get("slot")
     if getattr(task, "name", None) == "cloaca.poll" and slot and args:
         r.rpush(f"slots:{args[0]}", json.dumps({"due": slot["due"], "t": redis_now()}))
+    elif getattr(task, "name", None) == "cloaca.poll_batch" and args:
+        now = redis_now()
+        for name, entry_slot in args[0]:  # each entry starts a little after the batch
+            r.rpush(f"slots:{name}", json.dumps({"due": entry_slot["due"], "t": now}))
