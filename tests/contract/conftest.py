@@ -27,7 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.services import MARIADB_URL, POSTGRES_URL, need_mariadb, need_postgres
+from tests.support.services import MARIADB_URL, POSTGRES_URL, need_mariadb, need_postgres
 
 BACKENDS = ("sqlite", "postgresql", "mariadb", "django")
 """``django`` is django_cloaca's ORM store on the Django test database (SQLite, or

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import CeleryProject
-from tests.services import REDIS_HOST, REDIS_PORT, need_redis
+from tests.support.services import REDIS_HOST, REDIS_PORT, need_redis
 
 LOCK_TTL = 900
 

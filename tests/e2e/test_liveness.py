@@ -29,7 +29,7 @@ import pytest
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject, wait_until
-from tests.services import POSTGRES_URL, need_postgres, need_service, need_tool
+from tests.support.services import POSTGRES_URL, need_postgres, need_service, need_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -25,7 +25,7 @@ from tests.e2e.conftest import launch, redis_client, redis_url
 from tests.e2e.harness import CeleryProject
 from tests.faults.helpers import RedisServer, Supervisor, need_redis_server
 from tests.faults.proxy import TcpProxy
-from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, need_postgres
+from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, need_postgres
 
 __all__ = ["launch", "redis_client", "redis_url"]
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from cloaca_celery.sqlstore import SqlStore, claims
 from cloaca_celery.store import FINAL_STATUSES
 from tests.e2e.harness import REPO, CeleryProcess, CeleryProject
-from tests.services import services_required
+from tests.support.services import services_required
 
 APPS = Path(__file__).resolve().parent / "apps"
 MODULE = "faults_app"

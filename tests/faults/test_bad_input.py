@@ -49,7 +49,7 @@ from cloaca_celery.triggers import triggers
 from cloaca_celery.workflows import workflows
 from tests.cliapp.test_cli import cli  # noqa: F401 - the real CLI, as a fixture
 from tests.djangoapp.conftest import store, superuser  # noqa: F401 - admin rows
-from tests.services import POSTGRES_URL, need_postgres
+from tests.support.services import POSTGRES_URL, need_postgres
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_APP = REPO / "tests" / "cliapp"

@@ -34,7 +34,7 @@ from tests.faults.helpers import (
     records,
 )
 from tests.faults.proxy import TcpProxy
-from tests.services import POSTGRES_URL
+from tests.support.services import POSTGRES_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -5,7 +5,7 @@ directory, and ``<!-- test-check ... -->`` comments hold assertions about
 what the examples just did. Project files (blocks headed ``# path.py``) are
 built and run with real processes by ``tests/e2e/test_docs_projects.py``.
 After a page has run, every trigger it defined is polled once, in process,
-and must return a valid result. See ``tests/docs_pages.py``.
+and must return a valid result. See ``tests/docs/pages.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cloaca_celery.triggers import triggers
-from tests.docs_pages import PAGES, REPO, pieces
+from tests.docs.pages import PAGES, REPO, pieces
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
