@@ -28,7 +28,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.support.services import MARIADB_URL, POSTGRES_URL, need_mariadb, need_postgres
+from tests.support.services import MARIADB_URL, POSTGRES_URL, need_mariadb, postgres_schema
 from tests.support.sqlite import migrated_sqlite
 
 ALL_BACKENDS = ("sqlite", "postgresql", "mariadb", "django")
@@ -132,19 +132,12 @@ def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _postgresql_backend() -> Iterator[Backend]:
-    need_postgres()
-    schema = new_name()
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    backend = Backend("postgresql", POSTGRES_URL, {"options": f"-csearch_path={schema}"})
-    try:
-        yield backend
-    finally:
-        backend.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as schema:
+        backend = Backend("postgresql", POSTGRES_URL, {"options": f"-csearch_path={schema}"})
+        try:
+            yield backend
+        finally:
+            backend.dispose()
 
 
 def _mariadb_backend() -> Iterator[Backend]:
@@ -195,19 +188,3 @@ def store(backend: Backend) -> SqlStore:
 def mariadb_backend() -> Iterator[Backend]:
     """An empty MariaDB database of its own, for MariaDB-only tests."""
     yield from _mariadb_backend()
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A PostgreSQL schema of its own, for tests that build their own URL."""
-    need_postgres()
-    schema = new_name()
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()

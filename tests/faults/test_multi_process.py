@@ -35,11 +35,11 @@ FIRE_STAMP_SLACK = timedelta(milliseconds=50)
 
 
 def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_concurrent_runs_every_fire(
-    redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    redis_url: str, redis_client: Any, store_url: str, sqlite_store: SqlStore,
     launch: Callable[..., CeleryProject],
 ) -> None:
     project = faults_project(
-        launch, broker_url=redis_url, database_url=sqlite_url,
+        launch, broker_url=redis_url, database_url=store_url,
         triggers=f"serial:repeat:{SERIAL_INTERVAL}s,parallel:repeat_concurrent:{PARALLEL_INTERVAL}s",
         sweep_interval="2s", poll_time_limit="5s",
     )

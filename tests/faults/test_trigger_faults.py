@@ -57,12 +57,12 @@ def _errors_and_polls(client: Any, store: SqlStore, name: str) -> tuple[int, int
 
 
 def test_misbehaving_triggers_are_recorded_enqueue_nothing_and_are_polled_on(
-    redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    redis_url: str, redis_client: Any, store_url: str, sqlite_store: SqlStore,
     launch: Callable[..., CeleryProject],
 ) -> None:
     triggers = ",".join(f"{name}:{name}:{INTERVAL}s" for name in ALL)
     project = faults_project(
-        launch, broker_url=redis_url, database_url=sqlite_url, triggers=triggers,
+        launch, broker_url=redis_url, database_url=store_url, triggers=triggers,
         poll_time_limit=f"{TIME_LIMIT}s", max_context_bytes="1024",
     )
     redis_client.set("slow:slow", SLOW)

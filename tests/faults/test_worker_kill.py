@@ -40,12 +40,12 @@ LOAD_SLACK = 3.0  # what a busy machine may add to a delay measured here
 
 
 def test_killed_worker_execution_ends_lost_claim_is_freed_and_the_trigger_fires_again(
-    redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    redis_url: str, redis_client: Any, store_url: str, sqlite_store: SqlStore,
     launch: Callable[..., CeleryProject],
 ) -> None:
     name = "recover"
     project = faults_project(
-        launch, broker_url=redis_url, database_url=sqlite_url, triggers=f"{name}:repeat:{INTERVAL}s",
+        launch, broker_url=redis_url, database_url=store_url, triggers=f"{name}:repeat:{INTERVAL}s",
         heartbeat_interval=f"{HEARTBEAT}s", heartbeat_misses=str(int(LEASE / HEARTBEAT)),
         sweep_interval=f"{SWEEP}s", poll_time_limit="2s",
     )
