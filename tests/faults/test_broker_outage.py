@@ -33,7 +33,7 @@ from celery import Celery
 from cloaca_celery.compat import known_upstream_problems
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import CeleryProcess, CeleryProject, wait_until
+from tests.e2e.harness import CeleryProcess, CeleryProject, max_overlap, records, wait_until
 from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
 from tests.faults.helpers import (
     STEPS_QUEUE,
@@ -43,9 +43,7 @@ from tests.faults.helpers import (
     faults_project,
     history,
     leaked_claims,
-    max_overlap,
     pool_children,
-    records,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

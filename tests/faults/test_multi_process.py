@@ -20,9 +20,9 @@ import pytest
 
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, FINAL_STATUSES
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, max_overlap, records, wait_until
 from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
-from tests.faults.helpers import ALL_QUEUES, faults_project, history, leaked_claims, max_overlap, records
+from tests.faults.helpers import ALL_QUEUES, faults_project, history, leaked_claims
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, records, wait_until
 from tests.faults.helpers import (
     ALL_QUEUES,
     STEPS_QUEUE,
@@ -27,7 +27,6 @@ from tests.faults.helpers import (
     history,
     log_lines,
     pool_children,
-    records,
     schedule,
 )
 

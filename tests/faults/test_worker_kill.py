@@ -18,7 +18,7 @@ import pytest
 
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, records, wait_until
 from tests.faults.helpers import (
     STEPS_QUEUE,
     claim_rows,
@@ -27,7 +27,6 @@ from tests.faults.helpers import (
     leaked_claims,
     log_lines,
     log_time,
-    records,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
