@@ -15,7 +15,6 @@ import pytest
 from hypothesis import settings
 
 import tests.django_project.celery_app  # noqa: F401 - its triggers exist in every test, as in a project
-from cloaca_celery.testing import isolated_registries
 from tests.support.services import postgres_schema
 
 # Nothing under .hypothesis/: `make test` leaves the working tree as it found it.
@@ -37,10 +36,9 @@ def keep_current_celery_app() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def clean_registries() -> Iterator[None]:
-    """Each test starts with the registries it found and leaves them so."""
-    with isolated_registries():
-        yield
+def clean_registries(cloaca_registries: None) -> None:
+    """Each test starts with the registries it found and leaves them so (the cloaca_celery.testing
+    plugin's fixture, as docs/testing.md shows a project's suite using it)."""
 
 
 @pytest.fixture
