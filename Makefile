@@ -24,10 +24,11 @@ test: lint
 	DJANGO_SETTINGS_MODULE=tests.django_project.settings $(BIN)/python -m django makemigrations --check --dry-run django_cloaca
 
 # What needs no running worker, broker or browser, in two pytest processes: the unit tests, the store
-# contract suite on SQLite, the `celery cloaca` CLI, the Django app (admin, models) and the docs pages.
+# contract suite on SQLite, the `celery cloaca` CLI, the Django app (admin, models) and the docs pages,
+# but for the few tests marked slow (`make test` runs everything).
 test-quick: $(STAMP)
-	CLOACA_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -n 2 tests/unit tests/contract tests/cliapp \
-		tests/djangoapp tests/docs --ignore=tests/djangoapp/test_browser.py $(PYTEST_ARGS)
+	CLOACA_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -n 2 -m "not slow" tests/unit tests/contract \
+		tests/cliapp tests/djangoapp tests/docs --ignore=tests/djangoapp/test_browser.py $(PYTEST_ARGS)
 
 # Retake the admin pictures of docs/django.md with the real-browser test (make test never writes them).
 screenshots: $(STAMP)

@@ -81,6 +81,7 @@ def test_configuration_page_lists_every_setting() -> None:
     assert not missing, f"docs/configuration.md does not document {missing}"
 
 
+@pytest.mark.slow  # runs mkdocs
 def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
     import subprocess
     import sys
