@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks.counting import FLUSH_PERIOD, LocalSqlCount
 from benchmarks.processes import Processes
+from benchmarks.recovery import recovery
 from benchmarks.services import Services
 
 WORKFLOW = "bench_flow"
@@ -409,6 +410,7 @@ class Bench:
             ("scale, bare Celery", lambda: self.scale(self.size.scale_triggers, "scale", bare=True)),
             ("scale, lighter load", lambda: self.scale(self.size.light_triggers, "light")),
             ("beat memory", self.beat_memory),
+            ("recovery from a killed worker", lambda: recovery(self)),
         ):
             started = time.monotonic()
             figures.update(step())

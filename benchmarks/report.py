@@ -75,6 +75,10 @@ def rows(size: Size) -> list[Row]:
         Row(f"Beat start-up (process start to cloaca's sync done), s ({memory})",
             "beat_start_many", "beat_start_none", digits=1),
         Row(f"Beat CPU while ticking, % of a core ({memory})", "beat_cpu_many", "beat_cpu_none", digits=1),
+        Row("Worker SIGKILLed mid-step, default settings: execution ended lost after the kill, s",
+            "recovery_lost", digits=1),
+        Row("Worker SIGKILLed mid-step, default settings: same context running again after the kill, s",
+            "recovery_refire", target="≤ 60 s", met=lambda v: v <= 60, digits=1),
     ]
 
 
@@ -264,6 +268,13 @@ def page(
         f"  it finished starting, with {size.memory_triggers:,} triggers at 1 s registered and with none;",
         "  start-up time from process start until cloaca's start-up sync is done; CPU over the",
         "  same seconds.",
+        "- **Recovery from a killed worker**: the library's default liveness settings (a step's",
+        "  lease is `cloaca_heartbeat_interval` \u00d7 `cloaca_heartbeat_misses` = 30 s, the sweep runs",
+        "  every 5 s). One trigger at 1 s fires the same context into a step of a minute on a",
+        "  worker `-c 1`; a second worker starts; the first one's whole process group is",
+        "  SIGKILLed in the middle of the step. From the kill: when the store ended the execution",
+        "  `lost`, and when the same context started again on the second worker (its step's",
+        "  first line). Never two at once: the next execution waits for the claim to be freed.",
         "",
         "## Machine",
         "",

@@ -6,6 +6,8 @@ not get them):
 * ``cloaca.dispatch``, sent by beat on a short tick: publishes the due polls;
 * ``cloaca.poll``, one trigger polled once: sent by the dispatcher (with its
   slot), the CLI's ``poll --fire`` and the admin's "poll now" (without);
+* ``cloaca.preview``, one trigger evaluated once without firing, on a
+  worker: sent by the CLI's ``poll --worker`` and the admin's "Preview";
 * ``cloaca.sweep``, sent by beat: ends the executions whose end was never
   reported;
 * ``cloaca.complete``, the last task of every fired canvas, and
@@ -27,6 +29,7 @@ from .dispatch import EXPIRY_ALLOWANCE, dispatch_due
 from .firing import Firer
 from .logs import log_throttled
 from .polling import Poller, dropped_late
+from .preview import preview_trigger
 from .settings import Settings, resolve_settings
 from .slots import Slot
 from .sweep import sweep
@@ -35,6 +38,7 @@ logger = logging.getLogger("cloaca_celery.builtin_tasks")
 
 DISPATCH_TASK = "cloaca.dispatch"
 POLL_TASK = "cloaca.poll"
+PREVIEW_TASK = "cloaca.preview"
 SWEEP_TASK = "cloaca.sweep"
 COMPLETE_TASK = "cloaca.complete"
 FAILED_TASK = "cloaca.failed"
@@ -98,6 +102,22 @@ def send_manual_poll(app: Celery, name: str, *, wait: bool) -> Any:
     return app.send_task(POLL_TASK, args=(name,), **options)
 
 
+def send_preview(app: Celery, name: str) -> Any:
+    """Send ``cloaca.preview`` for ``name`` (the CLI's ``poll --worker``, the admin's "Preview").
+
+    It goes where polls go (the poll queue, the poll time limits) and keeps
+    its result: the caller waits for it (``.get(timeout=...)``), so the app
+    needs a result backend. The result is a :class:`~cloaca_celery.preview.Preview`'s dict.
+    """
+    runtime = runtime_of(app)
+    settings = runtime.settings if runtime is not None else resolve_settings(app.conf, {})
+    options = {"ignore_result": False, **poll_options(settings)}
+    task = app.tasks.get(PREVIEW_TASK)
+    if task is not None:  # through the task, so that task_always_eager runs it here
+        return task.apply_async(args=(name,), **options)
+    return app.send_task(PREVIEW_TASK, args=(name,), **options)
+
+
 def register(app: Celery, runtime: Runtime) -> None:
     """Register cloaca's tasks on ``app``."""
 
@@ -118,6 +138,12 @@ def register(app: Celery, runtime: Runtime) -> None:
             return poller(app, runtime).poll(trigger_name).as_dict()
         poller(app, runtime).poll(trigger_name, Slot.from_message(slot))
         return None
+
+    @app.task(name=PREVIEW_TASK, shared=False, bind=True, ignore_result=False, acks_late=False,
+              serializer="json")
+    def preview(self: Any, trigger_name: str) -> dict[str, Any]:
+        """Evaluate one trigger once and fire nothing; return what it said (writes nothing)."""
+        return preview_trigger(trigger_name, runtime.store, worker=self.request.hostname).as_dict()
 
     @app.task(name=DISPATCH_TASK, shared=False, ignore_result=True, acks_late=False, serializer="json")
     def dispatch() -> int:

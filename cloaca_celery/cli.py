@@ -17,6 +17,7 @@ Every error is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from collections.abc import Callable
@@ -28,11 +29,12 @@ from celery import Celery
 from celery.bin.base import CeleryCommand, CeleryOption, handle_preload_options
 from celery.exceptions import CeleryCommandException
 
-from .builtin_tasks import DISPATCH_TASK, SWEEP_TASK, send_manual_poll
+from .builtin_tasks import DISPATCH_TASK, SWEEP_TASK, send_manual_poll, send_preview
 from .durations import format_duration, parse_duration
 from .errors import CloacaError, ConfigurationError, UnknownTriggerError
 from .health import UNHEALTHY_AFTER_ERRORS, assess_schedule
 from .installation import Installation, get_installation
+from .preview import Preview, preview_trigger
 from .store import STATUSES, Store
 from .terminal import clip, printable, table
 from .triggers import HOW_TRIGGERS_ARE_FOUND, triggers
@@ -156,6 +158,15 @@ def _yes(value: object) -> str:
     return "yes" if value else "no"
 
 
+def _pause(schedule: dict[str, Any]) -> str:
+    """A disabled trigger's pause in one line: ``by alice at 2026-12-01 18:40:02: why`` (``-`` if none)."""
+    if schedule["enabled"] or schedule.get("paused_at") is None:
+        return "-"
+    by = f"by {schedule['paused_by']} " if schedule.get("paused_by") else ""
+    note = f": {schedule['pause_note']}" if schedule.get("pause_note") else ""
+    return f"{by}at {_when(schedule['paused_at'])}{note}"
+
+
 # -- commands ----------------------------------------------------------------------
 
 
@@ -178,14 +189,15 @@ def list_triggers(ctx: click.Context, show_errors: bool, as_json: bool) -> None:
     if as_json:
         _echo_json(ctx, schedules)
         return
-    headers = ["name", "workflow", "interval", "enabled", "last poll", "last fire", "errors"]
+    headers = ["name", "workflow", "interval", "enabled", "last poll", "last fire", "errors", "paused"]
     if show_errors:
         headers.append("last error")
     rows = []
     for s in schedules:
         row = [s["trigger_name"], s["workflow"], format_duration(s["poll_interval"]), _yes(s["enabled"]),
                _when(s["last_poll_at"]), _when(s["last_fire_at"]),
-               str(s["consecutive_errors"]) + ("" if s["registered"] else " (not in code)")]
+               str(s["consecutive_errors"]) + ("" if s["registered"] else " (not in code)"),
+               clip(printable(_pause(s)), 80)]
         if show_errors:
             row.append(clip(printable(s["last_error"] or "-"), 70) if s["consecutive_errors"] else "-")
         rows.append(row)
@@ -210,13 +222,18 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
         ("workflow", s["workflow"]),
         ("poll interval", format_duration(s["poll_interval"])),
         ("enabled", _yes(s["enabled"])),
+        *([] if s["enabled"] else [
+            ("paused at", _when(s["paused_at"])),
+            ("paused by", s["paused_by"] or "-"),
+            ("pause note", " ".join(str(s["pause_note"] or "-").split())),
+        ]),
         ("in code", _yes(s["registered"]) + ("" if s["registered"] else
                                               " (no worker defines it any more: not polled)")),
-        ("concurrent", _yes(s["allow_concurrent"])),
+        ("overlap", str(s["overlap"])),
         ("next poll", _when(s["next_poll_at"])),
         ("last poll", _when(s["last_poll_at"])),
         ("last fire", _when(s["last_fire_at"])),
-        ("deduplicated", str(s["dedup_count"])),
+        ("held back", str(s["dedup_count"])),
         ("errors in a row", str(errors) + (f" ({health.status})" if errors else "")),
         ("last error at", _when(s["last_error_at"])),
         ("state", json.dumps(s["state"], sort_keys=True, ensure_ascii=False)),
@@ -233,26 +250,36 @@ def show(ctx: click.Context, name: str, as_json: bool) -> None:
             ctx.obj.echo("  " + printable(line))
 
 
-def _switch(ctx: click.Context, name: str, enabled: bool) -> None:
-    inst = _installation(ctx)
-    _store_call(inst, "enable" if enabled else "disable", lambda s: s.set_enabled(name, enabled))
-    ctx.obj.echo(f"{printable(name)}: {'enabled' if enabled else 'disabled'}")
-
-
 @cloaca.command()
 @click.argument("name")
 @click.pass_context
 def enable(ctx: click.Context, name: str) -> None:
-    """Switch trigger NAME on (from its next poll, no restart)."""
-    _switch(ctx, name, True)
+    """Switch trigger NAME on (from its next poll, no restart); its pause note is cleared."""
+    inst = _installation(ctx)
+    _store_call(inst, "enable", lambda s: s.set_enabled(name, True))
+    ctx.obj.echo(f"{printable(name)}: enabled")
+
+
+def _os_user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name to be had (no passwd entry, no LOGNAME): nobody named
+        return None
 
 
 @cloaca.command()
 @click.argument("name")
+@_option("--note", default=None, help_group="Pause Options",
+         help="Why it is paused; shown by list, show and the admin.")
+@_option("--by", "by", default=None, help_group="Pause Options",
+         help="Who pauses it [default: the OS user running this command].")
 @click.pass_context
-def disable(ctx: click.Context, name: str) -> None:
-    """Switch trigger NAME off (from its next poll, no restart)."""
-    _switch(ctx, name, False)
+def disable(ctx: click.Context, name: str, note: str | None, by: str | None) -> None:
+    """Switch trigger NAME off (from its next poll, no restart), recording who, when and why."""
+    inst = _installation(ctx)
+    who = by if by is not None else _os_user()
+    _store_call(inst, "disable", lambda s: s.set_enabled(name, False, note=note, by=who))
+    ctx.obj.echo(f"{printable(name)}: disabled" + (f" by {printable(who)}" if who else ""))
 
 
 @cloaca.command()
@@ -289,57 +316,80 @@ def history(ctx: click.Context, name: str, limit: int, status: str | None, as_js
 @click.argument("name")
 @_option("--fire", is_flag=True, help_group="Poll Options",
          help="Poll through cloaca.poll on a worker (may really fire).")
+@_option("--worker", "on_worker", is_flag=True, help_group="Poll Options",
+         help="Evaluate on a worker through cloaca.preview (fires nothing; needs a result backend).")
 @_option("--timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
-         help_group="Poll Options", help="Seconds to wait for the worker with --fire.")
+         help_group="Poll Options", help="Seconds to wait for the worker with --fire or --worker.")
 @_json_flag("the outcome")
 @click.pass_context
-def poll(ctx: click.Context, name: str, fire: bool, timeout: float, as_json: bool) -> None:
-    """Evaluate trigger NAME once here and print what it returns (nothing is enqueued).
+def poll(ctx: click.Context, name: str, fire: bool, on_worker: bool, timeout: float, as_json: bool) -> None:
+    """Evaluate trigger NAME once and print what it returns (nothing is enqueued, nothing written).
 
-    With --fire, send the cloaca.poll task that beat's dispatcher sends and
-    print its outcome: the same lease, dedup claim and history as a scheduled poll.
+    Here by default; with --worker on a worker (the admin's "Preview"). With
+    --fire, send the cloaca.poll task that beat's dispatcher sends and print
+    its outcome: the same lease, dedup claim and history as a scheduled poll.
     """
     inst = _installation(ctx)
+    if fire and on_worker:
+        raise UsageError("give --fire (a real poll) or --worker (a preview on a worker), not both", ctx)
     try:
         definition = triggers.get(name)
     except UnknownTriggerError as exc:
         _exit(str(exc), EX_USAGE)
     if fire:
-        try:
-            result = send_manual_poll(inst.app, name, wait=True)
-        except Exception as exc:  # noqa: BLE001 - the broker's refusal, in one line
-            _exit(f"{name}: the poll could not be sent: the broker could not be reached: {exc}",
-                  EX_UNAVAILABLE)
-        try:
-            report = result.get(timeout=timeout, propagate=True)
-        except Exception as exc:  # noqa: BLE001 - a timeout or a worker error, in one line
-            _exit(f"{name}: no outcome from a worker within {timeout:g}s (is a worker running and "
-                  f"consuming the poll queue?): {type(exc).__name__}: {exc}", EX_UNAVAILABLE)
+        report = _from_worker(inst, name, timeout, lambda: send_manual_poll(inst.app, name, wait=True))
         _echo_json(ctx, report)
         return
-    state: dict[str, Any] = {}
-    if definition.takes_state:
-        state = dict(_store_call(inst, "poll", lambda s: s.get_schedule(name))["state"])
-    started = time.monotonic()
-    try:
-        outcome = definition.evaluate(state)
-    except Exception as exc:  # noqa: BLE001 - the trigger's own error, in one line
-        if as_json:
-            _echo_json(ctx, {"trigger_name": name, "result": "error", "context": None,
-                             "error": f"{type(exc).__name__}: {exc}"})
-            raise click.exceptions.Exit(EX_FAILURE) from None
-        _exit(f"{name}: {type(exc).__name__}: {exc}", EX_FAILURE)
-    took = time.monotonic() - started
-    context = outcome.context.to_dict() if outcome.context is not None else None
-    if as_json:
-        _echo_json(ctx, {"trigger_name": name, "result": "fire" if outcome.is_fire_result() else "skip",
-                         "context": context, "error": None, "took_ms": round(took * 1000, 3)})
-        return
-    if outcome.is_skip_result():
-        ctx.obj.echo(f"{name}: skip ({took * 1000:.1f} ms)")
+    if on_worker:
+        preview = Preview.from_dict(_from_worker(inst, name, timeout, lambda: send_preview(inst.app, name)))
     else:
-        shown = printable(json.dumps(context or {}, sort_keys=True, ensure_ascii=False))
-        ctx.obj.echo(f"{name}: fire {shown} ({took * 1000:.1f} ms; nothing enqueued, use --fire)")
+        preview = preview_trigger(name, _store_for_preview(inst, definition.takes_state))
+    _print_preview(ctx, preview, as_json)
+
+
+def _store_for_preview(inst: Installation, needed: bool) -> Store | None:
+    """The store as it is (no sync: a preview writes nothing); ``None`` if a trigger without state
+    cannot reach it. A trigger with state needs it: an unreachable store is then one line and 69."""
+    try:
+        return inst.store
+    except Exception as exc:  # noqa: BLE001 - one line, or no store at all
+        if not needed:
+            return None
+        code = EX_CONFIG if isinstance(exc, ConfigurationError) else EX_UNAVAILABLE
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _exit(f"poll: the store could not be reached: {type(exc).__name__}: {first_line}", code)
+
+
+def _from_worker(inst: Installation, name: str, timeout: float, send: Callable[[], Any]) -> Any:
+    """Send a task (``send()``) and wait for its result; a failure is one line and EX_UNAVAILABLE."""
+    try:
+        result = send()
+    except Exception as exc:  # noqa: BLE001 - the broker's refusal, in one line
+        _exit(f"{name}: the task could not be sent: the broker could not be reached: {exc}", EX_UNAVAILABLE)
+    try:
+        return result.get(timeout=timeout, propagate=True)
+    except Exception as exc:  # noqa: BLE001 - a timeout, no result backend, or a worker error, in one line
+        _exit(f"{name}: no outcome from a worker within {timeout:g}s (is a worker running and "
+              f"consuming the poll queue, and does the app have a result backend?): "
+              f"{type(exc).__name__}: {exc}", EX_UNAVAILABLE)
+
+
+def _print_preview(ctx: click.Context, preview: Preview, as_json: bool) -> None:
+    name = preview.trigger_name
+    if as_json:
+        _echo_json(ctx, preview.as_dict())
+    elif preview.result == "error":
+        _exit(f"{name}: {preview.error}", EX_FAILURE)
+    elif preview.result == "skip":
+        ctx.obj.echo(f"{printable(name)}: skip ({preview.took_ms:.1f} ms)")
+    else:
+        shown = printable(json.dumps(preview.context or {}, sort_keys=True, ensure_ascii=False))
+        ctx.obj.echo(f"{printable(name)}: fire {shown} ({preview.took_ms:.1f} ms; nothing enqueued, "
+                     "use --fire)")
+        if preview.held_by:
+            ctx.obj.echo(f"  {printable(preview.reason or '')}")
+    if preview.result == "error":
+        raise click.exceptions.Exit(EX_FAILURE)
 
 
 @cloaca.command()

@@ -60,10 +60,16 @@ class DefaultRunner:
         with _unknown_trigger_hint():
             return self.store.get_schedule(name)
 
-    def set_trigger_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a trigger on or off; it takes effect at its next poll, with no restart."""
+    def set_trigger_enabled(
+        self, name: str, enabled: bool, *, note: str | None = None, by: str | None = None
+    ) -> None:
+        """Switch a trigger on or off; it takes effect at its next poll, with no restart.
+
+        Disabling records when, and ``by`` whom and why (``note``) if given
+        (the schedule's ``paused_at``, ``paused_by``, ``pause_note``); enabling clears them.
+        """
         with _unknown_trigger_hint():
-            self.store.set_enabled(name, enabled)
+            self.store.set_enabled(name, enabled, note=note, by=by)
 
     def get_trigger_execution_history(
         self, name: str, limit: int | None = None, offset: int | None = None,

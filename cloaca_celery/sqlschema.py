@@ -86,6 +86,9 @@ schedules = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("dedup_count", Integer, nullable=False, default=0, server_default="0"),
+    Column("paused_at", UTCDateTime, nullable=True),
+    Column("paused_by", String(200), nullable=True),
+    Column("pause_note", Text, nullable=True),
     Index("ix_cloaca_schedules_due", "enabled", "registered", "next_poll_at"),
     **MYSQL_TABLE_OPTIONS,
 )

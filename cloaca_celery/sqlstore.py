@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Collection, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -291,15 +291,14 @@ class SqlStore:
             raise rules.unknown_trigger(name, f"store {self.url}")
         return rules.schedule_dict(row._mapping)
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
+    def set_enabled(
+        self, name: str, enabled: bool, *, note: str | None = None, by: str | None = None
+    ) -> None:
         rules.check_enabled(name, enabled)
+        values = rules.switch_values(name, enabled, self.now(), note, by)
         t = schedules
         with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(t).where(t.c.trigger_name == name).values(
-                    enabled=enabled, updated_at=datetime.now(timezone.utc)
-                )
-            ).rowcount
+            changed = conn.execute(update(t).where(t.c.trigger_name == name).values(**values)).rowcount
         if not changed:
             raise rules.unknown_trigger(name, f"store {self.url}")
 

@@ -467,8 +467,14 @@ class Store(Protocol):
         """One schedule as a dict; ``KeyError`` naming the trigger if unknown."""
         ...
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
-        """Switch a trigger on or off; ``KeyError`` if unknown."""
+    def set_enabled(
+        self, name: str, enabled: bool, *, note: str | None = None, by: str | None = None
+    ) -> None:
+        """Switch a trigger on or off; ``KeyError`` if unknown.
+
+        Disabling records the pause (:func:`switch_values`): when, on the
+        store's clock, ``by`` whom and why (``note``); enabling clears it.
+        """
         ...
 
     def close(self) -> None:
@@ -486,7 +492,8 @@ EXECUTION_ERROR_LIMIT = 8000
 SCHEDULE_FIELDS = (
     "trigger_name", "workflow", "poll_interval", "allow_concurrent", "overlap", "enabled",
     "registered", "last_poll_at", "last_fire_at", "consecutive_errors", "last_error",
-    "last_error_at", "state", "created_at", "updated_at", "dedup_count",
+    "last_error_at", "state", "created_at", "updated_at", "dedup_count", "paused_at", "paused_by",
+    "pause_note",
 )
 """The columns of a schedule row given to callers as they are (``next_poll_at`` becomes a datetime)."""
 
@@ -700,7 +707,7 @@ def finish_poll(
 def schedule_dict(row: Row) -> dict[str, Any]:
     """A schedule row (:data:`SCHEDULE_FIELDS` and ``next_poll_at``) as callers get it."""
     data = {name: row[name] for name in SCHEDULE_FIELDS}
-    for key in ("last_poll_at", "last_fire_at", "last_error_at", "created_at", "updated_at"):
+    for key in ("last_poll_at", "last_fire_at", "last_error_at", "created_at", "updated_at", "paused_at"):
         data[key] = aware_utc(data[key])
     for key in ("enabled", "allow_concurrent", "registered"):
         data[key] = bool(data[key])
@@ -1127,6 +1134,58 @@ def check_history_query(status: str | None, limit: int | None, offset: int | Non
 def check_enabled(name: str, enabled: object) -> None:
     if not isinstance(enabled, bool):
         raise TypeError(f"set_enabled({name!r}, ...): enabled must be True or False")
+
+
+# -- pausing: who switched a trigger off, when and why ---------------------------------
+
+PAUSE_NOTE_LIMIT = 1000
+"""Characters of a pause's note kept (a longer one is refused, not cut: it is someone's words)."""
+
+PAUSED_BY_LIMIT = 200
+"""Characters of who paused a trigger (a user name, an OS user, ``--by``)."""
+
+PAUSE_FIELDS = ("paused_at", "paused_by", "pause_note")
+"""The columns that describe a disabled trigger's pause; ``NULL`` while it is enabled."""
+
+
+def switch_values(
+    name: str, enabled: bool, now: float, note: str | None = None, by: str | None = None
+) -> dict[str, Any]:
+    """What :meth:`Store.set_enabled` sets on the schedule row (``now``: the store's clock).
+
+    Disabling records the pause: ``paused_at`` (now), ``paused_by`` and
+    ``pause_note`` (blank ones are ``None``); disabling a disabled trigger
+    again replaces them. Enabling clears all three: the row describes the
+    current pause only (the Django admin's change history keeps every one).
+    A note or who on enabling is refused: there is nothing to record them on.
+    """
+    check_enabled(name, enabled)
+    values: dict[str, Any] = {"enabled": enabled, "updated_at": utc(now)}
+    if enabled:
+        if note is not None or by is not None:
+            raise ValueError(
+                f"set_enabled({name!r}, True): a note and who are recorded when a trigger is disabled; "
+                "enabling clears them, so give neither"
+            )
+        return {**values, "paused_at": None, "paused_by": None, "pause_note": None}
+    return {**values, "paused_at": utc(now), "paused_by": _pause_text(name, "by", by, PAUSED_BY_LIMIT),
+            "pause_note": _pause_text(name, "note", note, PAUSE_NOTE_LIMIT)}
+
+
+def _pause_text(name: str, what: str, value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"set_enabled({name!r}, False): {what} must be a string, got {type(value).__name__}")
+    text = value.strip()
+    if "\x00" in text:
+        raise ValueError(f"set_enabled({name!r}, False): the {what} contains a NUL character; remove it")
+    if len(text) > limit:
+        raise ValueError(
+            f"set_enabled({name!r}, False): the {what} is {len(text)} characters long; at most {limit} "
+            "are kept: shorten it"
+        )
+    return text or None
 
 
 def unknown_trigger(name: str, where: str) -> UnknownTriggerError:

@@ -14,16 +14,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from cloaca_celery.store import EXECUTION_FIELDS, OVERLAP_POLICIES, STEP_STATES
 
 STATUS_CHOICES = [
-    ("queued", "queued"),
-    ("running", "running"),
-    ("succeeded", "succeeded"),
-    ("failed", "failed"),
-    ("revoked", "revoked"),
-    ("lost", "lost"),
+    ("queued", _("queued")),
+    ("running", _("running")),
+    ("succeeded", _("succeeded")),
+    ("failed", _("failed")),
+    ("revoked", _("revoked")),
+    ("lost", _("lost")),
 ]
 
 
@@ -36,17 +37,17 @@ class TriggerScheduleQuerySet(models.QuerySet["TriggerSchedule"]):
 
 
 class TriggerSchedule(models.Model):
-    trigger_name = models.CharField("trigger", max_length=200, primary_key=True)
+    trigger_name = models.CharField(_("trigger"), max_length=200, primary_key=True)
     workflow = models.CharField(max_length=200)
-    poll_interval = models.FloatField(help_text="seconds")
+    poll_interval = models.FloatField(help_text=_("seconds"))
     allow_concurrent = models.BooleanField(default=False)
     overlap = models.CharField(
         max_length=16, default="skip", choices=[(policy, policy) for policy in OVERLAP_POLICIES],
-        help_text="what a fire does while an execution of the same work is active",
+        help_text=_("what a fire does while an execution of the same work is active"),
     )
-    enabled = models.BooleanField(default=True, help_text="Switched off, the trigger is not polled.")
-    registered = models.BooleanField(default=True, help_text="False once no worker defines the trigger.")
-    next_poll_at = models.FloatField(help_text="epoch seconds")
+    enabled = models.BooleanField(default=True, help_text=_("Switched off, the trigger is not polled."))
+    registered = models.BooleanField(default=True, help_text=_("False once no worker defines the trigger."))
+    next_poll_at = models.FloatField(help_text=_("epoch seconds"))
     poll_lease_until = models.FloatField(null=True, blank=True)
     poll_token = models.CharField(max_length=36, null=True, blank=True)
     last_poll_at = models.DateTimeField(null=True, blank=True)
@@ -58,15 +59,20 @@ class TriggerSchedule(models.Model):
     state_version = models.IntegerField(default=0)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
-    dedup_count = models.IntegerField("deduplicated", default=0)
+    dedup_count = models.IntegerField(_("deduplicated"), default=0)
+    paused_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("when it was disabled (database clock)")
+    )
+    paused_by = models.CharField(max_length=200, null=True, blank=True, help_text=_("who disabled it"))
+    pause_note = models.TextField(null=True, blank=True, help_text=_("why it was disabled"))
 
     objects = TriggerScheduleQuerySet.as_manager()
 
     class Meta:
         db_table = "cloaca_schedules"
         ordering = ["trigger_name"]
-        verbose_name = "trigger"
-        verbose_name_plural = "triggers"
+        verbose_name = _("trigger")
+        verbose_name_plural = _("triggers")
         indexes = [
             models.Index(fields=["enabled", "registered", "next_poll_at"], name="ix_cloaca_schedules_due"),
         ]
@@ -80,33 +86,35 @@ class TriggerSchedule(models.Model):
 
 
 class TriggerExecution(models.Model):
-    execution_id = models.CharField("execution", max_length=36, primary_key=True)
-    trigger_name = models.CharField("trigger", max_length=200)
+    execution_id = models.CharField(_("execution"), max_length=36, primary_key=True)
+    trigger_name = models.CharField(_("trigger"), max_length=200)
     workflow = models.CharField(max_length=200)
     context = models.JSONField(default=dict)
     context_hash = models.CharField(max_length=64)
     dedup_hash = models.CharField(
-        max_length=64, null=True, blank=True, help_text="the hash of the work's key (empty: the context hash)"
+        max_length=64, null=True, blank=True,
+        help_text=_("the hash of the work's key (empty: the context hash)"),
     )
     status = models.CharField(max_length=16, choices=STATUS_CHOICES)
     task_ids = models.JSONField(default=list)
-    started_at = models.DateTimeField(help_text="when the trigger fired")
-    running_at = models.DateTimeField(null=True, blank=True, help_text="when the first step began")
+    started_at = models.DateTimeField(help_text=_("when the trigger fired"))
+    running_at = models.DateTimeField(null=True, blank=True, help_text=_("when the first step began"))
     completed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)
     deadline_at = models.FloatField(
-        null=True, blank=True, help_text="epoch seconds on the database's clock: when the sweep looks at it"
+        null=True, blank=True,
+        help_text=_("epoch seconds on the database's clock: when the sweep looks at it"),
     )
     ending_status = models.CharField(
-        max_length=16, null=True, blank=True, help_text="an end requested while other steps still ran"
+        max_length=16, null=True, blank=True, help_text=_("an end requested while other steps still ran")
     )
 
     class Meta:
         db_table = "cloaca_executions"
         ordering = ["-started_at"]
         get_latest_by = "started_at"
-        verbose_name = "execution"
-        verbose_name_plural = "executions"
+        verbose_name = _("execution")
+        verbose_name_plural = _("executions")
         indexes = [
             models.Index(fields=["trigger_name", "started_at"], name="ix_cloaca_executions_trigger"),
             models.Index(fields=["status", "started_at"], name="ix_cloaca_executions_status"),
@@ -136,13 +144,13 @@ class TriggerStep(models.Model):
     task_id = models.CharField(max_length=255, primary_key=True)
     execution_id = models.CharField(max_length=36)
     state = models.CharField(max_length=8, choices=[(state, state) for state in STEP_STATES])
-    started_at = models.FloatField(help_text="epoch seconds")
-    updated_at = models.FloatField(help_text="epoch seconds")
-    waiting_until = models.FloatField(null=True, blank=True, help_text="epoch seconds")
+    started_at = models.FloatField(help_text=_("epoch seconds"))
+    updated_at = models.FloatField(help_text=_("epoch seconds"))
+    waiting_until = models.FloatField(null=True, blank=True, help_text=_("epoch seconds"))
 
     class Meta:
         db_table = "cloaca_steps"
-        verbose_name = "step"
+        verbose_name = _("step")
         indexes = [models.Index(fields=["execution_id"], name="ix_cloaca_steps_execution")]
 
     def __str__(self) -> str:
@@ -166,7 +174,7 @@ class TriggerClaim(models.Model):
 
     class Meta:
         db_table = "cloaca_claims"
-        verbose_name = "claim"
+        verbose_name = _("claim")
         indexes = [models.Index(fields=["execution_id"], name="ix_cloaca_claims_execution")]
         constraints = [
             models.UniqueConstraint(fields=["trigger_name", "context_hash"], name="uq_cloaca_claims_key"),
@@ -183,15 +191,15 @@ class TriggerPending(models.Model):
     the key pushes it out. ``created_at`` is epoch seconds on the database's clock."""
 
     pending_id = models.CharField(max_length=36, primary_key=True)
-    trigger_name = models.CharField("trigger", max_length=200)
+    trigger_name = models.CharField(_("trigger"), max_length=200)
     dedup_hash = models.CharField(max_length=64)
     context = models.JSONField(default=dict)
     context_hash = models.CharField(max_length=64)
-    created_at = models.FloatField(help_text="epoch seconds")
+    created_at = models.FloatField(help_text=_("epoch seconds"))
 
     class Meta:
         db_table = "cloaca_pending"
-        verbose_name = "pending fire"
+        verbose_name = _("pending fire")
         indexes = [
             models.Index(fields=["trigger_name", "dedup_hash", "created_at"], name="ix_cloaca_pending_key"),
         ]

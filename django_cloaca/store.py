@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -175,11 +175,12 @@ class DjangoStore:
             raise rules.unknown_trigger(name, self.url)
         return rules.schedule_dict(row)
 
-    def set_enabled(self, name: str, enabled: bool) -> None:
+    def set_enabled(
+        self, name: str, enabled: bool, *, note: str | None = None, by: str | None = None
+    ) -> None:
         rules.check_enabled(name, enabled)
-        changed = TriggerSchedule.objects.using(self.using).filter(pk=name).update(
-            enabled=enabled, updated_at=datetime.now(timezone.utc)
-        )
+        values = rules.switch_values(name, enabled, self.now(), note, by)
+        changed = TriggerSchedule.objects.using(self.using).filter(pk=name).update(**values)
         if not changed:
             raise rules.unknown_trigger(name, self.url)
 

@@ -7,7 +7,9 @@ Configured from the environment by :mod:`benchmarks.run`:
 * ``BENCH_MODE`` - ``skip`` (triggers that return skip), ``scale`` (skip, and
   every evaluation and poll start is recorded), ``fire`` (triggers that fire
   every poll, the default ``allow_concurrent=False``) or ``latency`` (one
-  ``allow_concurrent=True`` trigger whose first step records the fire latency);
+  ``allow_concurrent=True`` trigger whose first step records the fire latency) or
+  ``recovery`` (one trigger that fires the same context while ``bench:recovery:go`` is set,
+  into a step that sleeps ``bench:recovery:sleep`` seconds and records its start);
 * ``BENCH_TRIGGERS``, ``BENCH_INTERVAL`` - how many triggers, at which interval (seconds);
 * ``BENCH_FLUSH_EVERY`` - counter batch size (see :mod:`benchmarks.counting`);
 * ``BENCH_SQL_DETAIL`` - also count each statement by its first 100 characters
@@ -158,6 +160,35 @@ with cloaca.WorkflowBuilder(WORKFLOW) as builder:
     builder.add_task(first_step)
 
 
+@cloaca.task(name="bench.recovery_step")
+def recovery_step(context: cloaca.Context) -> None:
+    """The step of the recovery measurement: records its start, then sleeps as told."""
+    import json
+
+    import redis
+    from celery import current_task
+
+    client = redis.Redis.from_url(REDIS_URL)
+    seconds, now = float(client.get("bench:recovery:sleep") or 0), client.time()
+    client.rpush("bench:recovery:starts", json.dumps({
+        "execution_id": context["execution_id"], "hostname": current_task.request.hostname,
+        "t": now[0] + now[1] / 1e6,
+    }))
+    time.sleep(seconds)
+
+
+with cloaca.WorkflowBuilder("bench_recovery") as recovery_builder:
+    recovery_builder.add_task(recovery_step)
+
+
+def recovery_poll() -> cloaca.TriggerResult:
+    import redis
+
+    if redis.Redis.from_url(REDIS_URL).get("bench:recovery:go"):
+        return cloaca.TriggerResult.fire({"job": "recovery"})
+    return cloaca.TriggerResult.skip()
+
+
 def skip_poll() -> cloaca.TriggerResult:
     return cloaca.TriggerResult.skip()
 
@@ -175,7 +206,9 @@ def latency_poll() -> cloaca.TriggerResult:
     return cloaca.TriggerResult.fire(cloaca.Context({"poll_started": _poll_started[0] or time.time()}))
 
 
-if MODE == "latency":
+if MODE == "recovery":
+    cloaca.trigger(workflow="bench_recovery", name=trigger_name(0), poll_interval=INTERVAL)(recovery_poll)
+elif MODE == "latency":
     for i in range(TRIGGERS):
         cloaca.trigger(workflow=WORKFLOW, name=trigger_name(i), poll_interval=INTERVAL,
                        allow_concurrent=True)(latency_poll)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -49,14 +50,14 @@ def test_list_shows_every_trigger_from_code(cli) -> None:  # type: ignore[no-unt
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["NAME", "WORKFLOW", "INTERVAL", "ENABLED", "LAST", "POLL", "LAST", "FIRE",
-                                "ERRORS"]
+                                "ERRORS", "PAUSED"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert rows["always_fires"][:4] == ["always_fires", "cli_workflow", "30s", "yes"]
     assert rows["never_fires"][2] == "1m"
 
 
 def test_enable_disable_round_trip_and_unknown_names(cli) -> None:  # type: ignore[no-untyped-def]
-    assert cli("disable", "never_fires").stdout.strip() == "never_fires: disabled"
+    assert cli("disable", "never_fires", "--by", "ops").stdout.strip() == "never_fires: disabled by ops"
     store = SqlStore(cli.url)
     try:
         assert store.get_schedule("never_fires")["enabled"] is False
@@ -82,6 +83,65 @@ def test_poll_evaluates_once_without_enqueueing(cli) -> None:  # type: ignore[no
     store = SqlStore(cli.url)
     try:
         assert store.execution_history("always_fires") == []
+    finally:
+        store.close()
+
+
+def test_disable_records_who_when_and_why_and_list_show_and_enable_tell(cli) -> None:  # type: ignore[no-untyped-def]
+    done = cli("disable", "never_fires", "--note", "supplier API down until Monday")
+    assert done.returncode == 0, done.stderr
+    who = getpass.getuser()
+    assert done.stdout.strip() == f"never_fires: disabled by {who}"
+    listed = cli("list").stdout.splitlines()
+    row = next(line for line in listed if line.startswith("never_fires"))
+    assert row.split()[3] == "no"
+    assert f"by {who} at " in row and row.endswith(": supplier API down until Monday")
+    assert next(line for line in listed if line.startswith("always_fires")).endswith("-")
+    schedule = json.loads(cli("show", "never_fires", "--json").stdout)
+    assert (schedule["enabled"], schedule["paused_by"], schedule["pause_note"]) == (
+        False, who, "supplier API down until Monday")
+    paused_at = datetime.fromisoformat(schedule["paused_at"])
+    assert abs((paused_at - datetime.now(timezone.utc)).total_seconds()) < 300
+    shown = cli("show", "never_fires").stdout
+    assert "pause note       supplier API down until Monday" in shown
+    assert f"paused by        {who}" in shown and f"paused at        {paused_at:%Y-%m-%d %H:%M:%S}" in shown
+    by_flag = cli("disable", "never_fires", "--by", "on-call: Bob", "--note", "again")
+    assert by_flag.stdout.strip() == "never_fires: disabled by on-call: Bob"
+    assert json.loads(cli("show", "never_fires", "--json").stdout)["paused_by"] == "on-call: Bob"
+    too_long = cli("disable", "never_fires", "--note", "x" * 1001)
+    assert too_long.returncode == EX_USAGE
+    _one_line_error(too_long, "'never_fires'", "at most 1000")
+
+    assert cli("enable", "never_fires").stdout.strip() == "never_fires: enabled"
+    cleared = json.loads(cli("show", "never_fires", "--json").stdout)
+    assert [cleared[k] for k in ("enabled", "paused_at", "paused_by", "pause_note")] == [True, *[None] * 3]
+    assert "pause" not in cli("show", "never_fires").stdout  # an enabled trigger has no pause to show
+
+
+def test_poll_json_gives_the_preview_shape_and_worker_needs_a_result_backend(cli) -> None:  # type: ignore[no-untyped-def]
+    keys = {"trigger_name", "result", "context", "reason", "error", "took_ms", "workflow", "enabled",
+            "dedup_hash", "held_by", "worker"}
+    fired = json.loads(cli("poll", "always_fires", "--json").stdout)
+    assert set(fired) == keys
+    assert (fired["result"], fired["context"], fired["error"], fired["worker"]) == (
+        "fire", {"order": "A-1", "seen": 0}, None, None)
+    assert fired["reason"] == "a poll now would start workflow 'cli_workflow'" and fired["held_by"] is None
+    skipped = json.loads(cli("poll", "never_fires", "--json").stdout)
+    assert (skipped["result"], skipped["context"]) == ("skip", None)
+    assert "returned skip" in skipped["reason"]
+    broken = cli("poll", "broken", "--json")
+    assert broken.returncode == 1
+    assert json.loads(broken.stdout)["error"] == "RuntimeError: sensor offline"
+    # This app has no result backend: a preview on a worker cannot come back, and says so in one line.
+    no_backend = cli("poll", "never_fires", "--worker", "--timeout", "5")
+    assert no_backend.returncode == EX_UNAVAILABLE
+    _one_line_error(no_backend, "never_fires: no outcome from a worker", "result backend")
+    both = cli("poll", "never_fires", "--worker", "--fire")
+    assert both.returncode == EX_USAGE and "not both" in both.stderr
+    store = SqlStore(cli.url)
+    try:
+        assert store.execution_history("always_fires") == []
+        assert store.list_schedules() == []  # not even a schedule row: a preview writes nothing
     finally:
         store.close()
 
@@ -212,6 +272,12 @@ def test_printed_values_cannot_drive_the_terminal(cli) -> None:  # type: ignore[
         out = cli(*args).stdout
         assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, args
         assert "bad\\x1b[2Jevil\\x07" in out, (args, out)
+    done = cli("disable", "broken", "--note", "why\x1b[2J\u202enot\x07", "--by", "m\x1b[31mallory")
+    assert done.returncode == 0, done.stderr
+    for args in (("list",), ("show", "broken")):
+        out = cli(*args).stdout
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, args
+        assert "why\\x1b[2Jnot\\x07" in out and "m\\x1b[31mallory" in out, (args, out)
 
 
 def test_check_fails_when_no_trigger_is_found(tmp_path: Path) -> None:

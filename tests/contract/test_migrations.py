@@ -29,6 +29,7 @@ TABLES_AT = {
     "0003": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0004": {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"},
     "0005": CLOACA_TABLES,
+    "0006": CLOACA_TABLES,
 }
 
 
@@ -50,8 +51,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0005() -> None:
-    assert head_revision() == "0005"
+def test_head_is_0006() -> None:
+    assert head_revision() == "0006"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
@@ -386,6 +387,30 @@ def test_downgrade_from_0005_drops_pending_fires_and_keys_claims_by_context_agai
     assert _fire(store, "e-again", "a" * 64) is False  # the downgraded claim kept holding the context
 
 
+def test_upgrade_from_0005_adds_empty_pause_columns_and_a_downgrade_drops_them(backend: Backend) -> None:
+    """0006: the rows there are keep what they had; a trigger disabled before has no pause recorded."""
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine, "0005")
+    _insert_0001_schedule(engine, engine.dialect.name, "orders", concurrent=False)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE cloaca_schedules SET enabled = :off"), {"off": False})
+    upgrade(engine)
+    assert schema_diff(engine) == []
+    row = store.get_schedule("orders")
+    assert [row[k] for k in ("enabled", "paused_at", "paused_by", "pause_note")] == [False, None, None, None]
+    store.set_enabled("orders", False, note="supplier API down", by="ops")
+    assert store.get_schedule("orders")["pause_note"] == "supplier API down"
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0005")
+    columns = {column["name"] for column in inspect(engine).get_columns("cloaca_schedules")}
+    assert not {"paused_at", "paused_by", "pause_note"} & columns
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT enabled FROM cloaca_schedules")).scalar() in (False, 0)
+    upgrade(engine)
+    assert store.get_schedule("orders")["paused_at"] is None
+
+
 def test_upgrade_twice_is_a_no_op(backend: Backend) -> None:
     engine = backend.store().engine
     upgrade(engine)
@@ -444,7 +469,8 @@ def test_concurrent_upgrades_of_a_fresh_database(backend: Backend) -> None:
     assert revision_of(engines[0]) == head_revision()
     assert schema_diff(engines[0]) == []
     with engines[0].connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0005"]
+        versions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        assert versions == [head_revision()]
 
 
 def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
@@ -454,7 +480,8 @@ def test_version_is_kept_in_its_own_table(backend: Backend) -> None:
     assert VERSION_TABLE in names
     assert "alembic_version" not in names
     with engine.connect() as conn:
-        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0005"]
+        versions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        assert versions == [head_revision()]
 
 
 def test_the_projects_own_alembic_version_is_left_alone(backend: Backend) -> None:

@@ -149,6 +149,10 @@ def test_set_trigger_enabled(runner: DefaultRunner) -> None:
     assert runner.get_trigger_schedule("contract_files")["enabled"] is True
     runner.set_trigger_enabled("contract_orders", True)
     assert runner.get_trigger_schedule("contract_orders")["enabled"] is True
+    runner.set_trigger_enabled("contract_orders", False, note="quarter close", by="finance-ops")
+    paused = runner.get_trigger_schedule("contract_orders")
+    assert (paused["pause_note"], paused["paused_by"]) == ("quarter close", "finance-ops")
+    assert runner.get_trigger_schedule("contract_files")["paused_at"] is None
 
 
 def test_a_new_runner_keeps_the_operators_choice(tmp_path: Path) -> None:

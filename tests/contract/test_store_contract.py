@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from cloaca_celery.sqlstore import SqlStore, claims, executions, steps
 from cloaca_celery.store import (
     FINAL_STATUSES,
+    PAUSE_FIELDS,
     STEP_FIELDS,
     DuePoll,
     NewExecution,
@@ -237,6 +238,51 @@ def test_set_enabled_switches_a_trigger(store: SqlStore) -> None:
     assert store.get_schedule("orders")["enabled"] is False
     store.set_enabled("orders", True)
     assert store.get_schedule("orders")["enabled"] is True
+
+
+def test_disabling_records_who_when_and_why_and_enabling_clears_it(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders"), spec("files")], T0)
+    assert {k: store.get_schedule("orders")[k] for k in PAUSE_FIELDS} == dict.fromkeys(PAUSE_FIELDS)
+    before = store.now()
+    store.set_enabled("orders", False, note="  supplier API down until Monday ", by="alice")
+    paused = store.get_schedule("orders")
+    assert (paused["enabled"], paused["paused_by"], paused["pause_note"]) == (
+        False, "alice", "supplier API down until Monday")
+    # When: on the store's clock, as an aware UTC datetime.
+    assert paused["paused_at"].tzinfo is not None
+    assert before - 1 <= paused["paused_at"].timestamp() <= store.now() + 1
+    assert paused["updated_at"] == paused["paused_at"]
+    # A sync (a worker's or beat's start-up, a changed interval) keeps the pause and the switch.
+    store.sync_triggers([spec("orders", 9.0), spec("files")], T0 + 100, prune=True)
+    synced = store.get_schedule("orders")
+    assert synced["poll_interval"] == 9.0
+    assert {k: synced[k] for k in ("enabled", *PAUSE_FIELDS)} == {
+        k: paused[k] for k in ("enabled", *PAUSE_FIELDS)}
+    # Disabling again replaces the pause; without a note or who, they are empty.
+    store.set_enabled("orders", False)
+    again = store.get_schedule("orders")
+    assert (again["paused_by"], again["pause_note"]) == (None, None) and again["paused_at"] is not None
+    assert store.get_schedule("files")["paused_at"] is None
+    store.set_enabled("orders", True)
+    enabled = store.get_schedule("orders")
+    assert enabled["enabled"] is True
+    assert {k: enabled[k] for k in PAUSE_FIELDS} == dict.fromkeys(PAUSE_FIELDS)
+    assert [s["trigger_name"] for s in store.list_schedules() if s["paused_at"]] == []
+
+
+def test_a_pause_note_is_checked_not_cut(store: SqlStore) -> None:
+    store.sync_triggers([spec("orders")], T0)
+    with pytest.raises(ValueError, match=r"'orders'.*1001 characters long; at most 1000"):
+        store.set_enabled("orders", False, note="x" * 1001)
+    with pytest.raises(ValueError, match="enabling clears them"):
+        store.set_enabled("orders", True, note="back")
+    with pytest.raises(TypeError, match="note must be a string"):
+        store.set_enabled("orders", False, note=42)  # type: ignore[arg-type]
+    assert store.get_schedule("orders")["enabled"] is True
+    note = "Grüße, 注文 " + "n" * 900
+    store.set_enabled("orders", False, note=note, by="b" * 200)
+    assert store.get_schedule("orders")["pause_note"] == note
+    assert store.get_schedule("orders")["paused_by"] == "b" * 200
 
 
 def test_unknown_trigger_is_a_key_error_naming_it(store: SqlStore) -> None:

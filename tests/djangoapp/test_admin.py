@@ -11,12 +11,12 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.db import connection
-from django.test import Client, RequestFactory
+from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from cloaca_celery.context import context_hash
-from cloaca_celery.store import NewExecution, TriggerSpec
+from cloaca_celery.store import PAUSE_FIELDS, NewExecution, TriggerSpec
 from django_cloaca.admin import TriggerFilter, WorkflowFilter
 from django_cloaca.models import TriggerExecution, TriggerSchedule
 from django_cloaca.store import DjangoStore
@@ -111,11 +111,20 @@ def test_search_and_filters(superuser: User, store: DjangoStore) -> None:
     assert "nightly_report" in disabled and "invoice_watcher" not in disabled
 
 
+def _disable(client: Client, note: str, *names: str) -> Any:
+    """The disable action's second step: its intermediate page posted back with a note."""
+    return client.post(TRIGGERS, {"action": "disable_triggers", "_selected_action": list(names),
+                                  "post": "yes", "note": note}, follow=True)
+
+
 def test_enable_and_disable_actions_need_change_permission_and_write_the_row(
     changer: User, store: DjangoStore
 ) -> None:
     client = _client(changer)
-    response = _action(client, "disable_triggers", "invoice_watcher", "nightly_report")
+    asked = _action(client, "disable_triggers", "invoice_watcher", "nightly_report").content.decode()
+    assert "Why are they paused?" in asked and 'name="post"' in asked
+    assert store.get_schedule("invoice_watcher")["enabled"] is True  # not before the note page is sent
+    response = _disable(client, "", "invoice_watcher", "nightly_report")
     assert "2 trigger(s) disabled" in response.content.decode()
     assert store.get_schedule("invoice_watcher")["enabled"] is False
     assert store.get_schedule("nightly_report")["enabled"] is False
@@ -232,3 +241,161 @@ def test_trigger_and_workflow_filters_take_their_choices_from_the_schedules(
     assert ledger in by_workflow and invoice not in by_workflow
     by_trigger = client.get(EXECUTIONS, {"trigger_name__exact": "invoice_watcher"}).content.decode()
     assert invoice in by_trigger and ledger not in by_trigger
+
+
+# -- pause notes, the change history, preview ---------------------------------------------
+
+
+def _history(name: str) -> list[tuple[str, str]]:
+    """The trigger's change history (Django's LogEntry), oldest first: (username, message)."""
+    from django.contrib.admin.models import LogEntry
+
+    entries = LogEntry.objects.filter(object_id=name).order_by("action_time", "pk")
+    return [(entry.user.get_username(), entry.get_change_message()) for entry in entries]
+
+
+def test_disabling_asks_why_and_records_who_when_and_why(changer: User, store: DjangoStore) -> None:
+    client = _client(changer)
+    before = store.now()
+    page = _disable(client, "  supplier API down until Monday  ", "invoice_watcher").content.decode()
+    assert "1 trigger(s) disabled" in page
+    paused = store.get_schedule("invoice_watcher")
+    assert (paused["enabled"], paused["paused_by"], paused["pause_note"]) == (
+        False, "changer", "supplier API down until Monday")
+    assert before - 1 <= paused["paused_at"].timestamp() <= store.now() + 1
+    # The list shows it, and so does the trigger's page.
+    assert f"by changer, {paused['paused_at']:%Y-%m-%d %H:%M}<br>supplier API down until Monday" in page
+    change = reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"])
+    detail = client.get(change).content.decode()
+    assert "supplier API down until Monday" in detail and "changer" in detail
+    assert _history("invoice_watcher") == [("changer", "Disabled: supplier API down until Monday")]
+
+    # Enabling clears the pause, and is in the history too.
+    _action(client, "enable_triggers", "invoice_watcher")
+    enabled = store.get_schedule("invoice_watcher")
+    assert [enabled[k] for k in ("enabled", *PAUSE_FIELDS)] == [True, None, None, None]
+    assert _history("invoice_watcher")[-1] == ("changer", "Enabled (the pause note is cleared).")
+    too_long = _disable(client, "x" * 1001, "invoice_watcher").content.decode()
+    assert "at most 1000 characters" in too_long
+    assert store.get_schedule("invoice_watcher")["enabled"] is True
+
+
+def test_the_change_page_switch_records_the_note_and_a_save_without_a_switch_keeps_it(
+    changer: User, store: DjangoStore
+) -> None:
+    client = _client(changer)
+    change = reverse("admin:django_cloaca_triggerschedule_change", args=["nightly_report"])
+    form = client.get(change).content.decode()
+    assert 'name="note"' in form and "cloaca-preview-link" in form
+    assert client.post(change, {"note": "report DB migration tonight"}, follow=True).status_code == 200
+    paused = store.get_schedule("nightly_report")
+    assert (paused["enabled"], paused["paused_by"], paused["pause_note"]) == (
+        False, "changer", "report DB migration tonight")
+    assert _history("nightly_report") == [("changer", "Disabled: report DB migration tonight")]
+    client.post(change, {"note": ""}, follow=True)  # saved again, still disabled: the pause stays
+    assert store.get_schedule("nightly_report") == paused
+    refused = client.post(change, {"enabled": "on", "note": "why"}).content.decode()
+    assert "A note is recorded only when the trigger is disabled" in refused
+    assert store.get_schedule("nightly_report")["enabled"] is False
+    client.post(change, {"enabled": "on", "note": ""}, follow=True)
+    assert store.get_schedule("nightly_report")["paused_at"] is None
+    assert _history("nightly_report")[-1] == ("changer", "Enabled (the pause note is cleared).")
+
+
+def test_the_list_toggle_records_who_switched_it_off(superuser: User, store: DjangoStore) -> None:
+    rows = list(TriggerSchedule.objects.order_by("trigger_name").values_list("pk", flat=True))
+    data: dict[str, Any] = {
+        "form-TOTAL_FORMS": str(len(rows)), "form-INITIAL_FORMS": str(len(rows)),
+        "form-MIN_NUM_FORMS": "0", "form-MAX_NUM_FORMS": "1000", "_save": "Save",
+    }
+    for i, name in enumerate(rows):
+        data[f"form-{i}-trigger_name"] = name
+        if name != "invoice_watcher":
+            data[f"form-{i}-enabled"] = "on"
+    _client(superuser).post(TRIGGERS, data, follow=True)
+    row = store.get_schedule("invoice_watcher")
+    assert (row["enabled"], row["paused_by"], row["pause_note"]) == (False, "root", None)
+    assert row["paused_at"] is not None
+    assert _history("invoice_watcher") == [("root", "Disabled (no note).")]
+    assert _history("nightly_report") == []  # unchanged rows are neither written nor logged
+
+
+def test_poll_now_is_in_the_change_history(superuser: User, store: DjangoStore) -> None:
+    _action(_client(superuser), "poll_now", "nightly_report")
+    assert _history("nightly_report") == [("root", "Polled now (a cloaca.poll task was sent).")]
+
+
+def _writes(store: DjangoStore) -> tuple[Any, ...]:
+    """Everything a poll or a fire could have written."""
+    from django_cloaca.models import TriggerClaim, TriggerPending
+
+    return (store.list_schedules(), TriggerExecution.objects.count(), TriggerClaim.objects.count(),
+            TriggerPending.objects.count())
+
+
+def test_preview_evaluates_and_shows_fire_skip_or_error_and_writes_nothing(
+    changer: User, store: DjangoStore, switches: dict[str, Any]
+) -> None:
+    client = _client(changer)
+    url = reverse("admin:django_cloaca_triggerschedule_preview", args=["invoice_watcher"])
+    before = _writes(store)
+    assert "Run the preview on a worker" in client.get(url).content.decode()
+    assert _writes(store) == before
+
+    switches["invoice"] = "INV-77"
+    fired = client.post(url).content.decode()
+    assert 'data-result="fire"' in fired
+    assert "&quot;invoice&quot;: &quot;INV-77&quot;" in fired
+    assert "a poll now would start workflow &#x27;django_invoices&#x27;" in fired
+    switches["invoice"] = None
+    skipped = client.post(url).content.decode()
+    assert 'data-result="skip"' in skipped and "its condition is not met" in skipped
+    switches["invoice"] = {"not", "json"}  # a set: JSON cannot hold it, the fire raises
+    failed = client.post(url).content.decode()
+    assert 'data-result="error"' in failed and "ContextError: context key &#x27;invoice&#x27;" in failed
+    assert _writes(store) == before, "a preview wrote to the store"
+    assert [message for _, message in _history("invoice_watcher")] == [
+        "Preview: fire {\"invoice\": \"INV-77\"}; a poll now would start workflow 'django_invoices'",
+        "Preview: skip; the trigger returned skip (TriggerResult.skip() or False): its condition is not met",
+        _history("invoice_watcher")[2][1],
+    ]
+    assert _history("invoice_watcher")[2][1].startswith("Preview: error; ContextError: context key")
+
+    # The list's action does the same for several triggers at once.
+    switches["invoice"] = "INV-78"
+    page = _action(client, "preview_triggers", "invoice_watcher", "nightly_report").content.decode()
+    assert "Preview of invoice_watcher: fire {&quot;invoice&quot;: &quot;INV-78&quot;}" in page
+    assert "Preview of nightly_report: skip" in page
+    assert _writes(store) == before
+
+
+def test_preview_says_when_an_active_execution_would_hold_the_fire(
+    changer: User, store: DjangoStore, switches: dict[str, Any]
+) -> None:
+    holder = _execution(store, "invoice_watcher", "queued", {"invoice": "INV-5"})
+    switches["invoice"] = "INV-5"
+    url = reverse("admin:django_cloaca_triggerschedule_preview", args=["invoice_watcher"])
+    page = _client(changer).post(url).content.decode()
+    assert 'data-result="fire"' in page and holder in page
+    assert "overlap=&#x27;skip&#x27; would have it skipped as deduplicated" in page
+
+
+def test_preview_needs_the_change_permission(viewer: User, store: DjangoStore) -> None:
+    url = reverse("admin:django_cloaca_triggerschedule_preview", args=["invoice_watcher"])
+    assert _client(viewer).get(url).status_code == 403
+    assert _client(viewer).post(url).status_code == 403
+    change = reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"])
+    assert "cloaca-preview-link" not in _client(viewer).get(change).content.decode()
+    assert _history("invoice_watcher") == []
+
+
+@pytest.mark.parametrize("timeout", ["soon", 0, -1, True])
+def test_a_bad_preview_timeout_is_named_on_the_page(
+    changer: User, store: DjangoStore, switches: dict[str, Any], timeout: object
+) -> None:
+    switches["invoice"] = "INV-NOT-SEEN"
+    url = reverse("admin:django_cloaca_triggerschedule_preview", args=["invoice_watcher"])
+    with override_settings(CLOACA_PREVIEW_TIMEOUT=timeout):
+        page = _client(changer).post(url).content.decode()
+    assert 'data-result="error"' in page and "INV-NOT-SEEN" not in page
+    assert "the setting CLOACA_PREVIEW_TIMEOUT must be a positive number of seconds" in page

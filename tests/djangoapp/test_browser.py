@@ -89,7 +89,7 @@ def test_log_in_disable_a_trigger_and_read_its_history(live_server: Any, store: 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 760})
+            page = browser.new_page(viewport={"width": 1880, "height": 760})
             page.goto(f"{live_server.url}/admin/django_cloaca/triggerschedule/")
             assert "/admin/login/" in page.url
             page.fill("#id_username", "ops")
@@ -103,10 +103,34 @@ def test_log_in_disable_a_trigger_and_read_its_history(live_server: Any, store: 
             row.locator("input.action-select").check()
             page.select_option("select[name=action]", "disable_triggers")
             page.click("button[name=index]")
+            page.wait_for_selector("textarea[name=note]")  # the action asks why first
+            page.fill("textarea[name=note]", "Supplier API down until Monday (ticket OPS-231)")
+            page.screenshot(path=str(shots / "admin-disable-note.png"), full_page=True)
+            page.click("input[name=confirm]")
             page.wait_for_selector(".messagelist")
             assert "1 trigger(s) disabled" in page.inner_text(".messagelist")
+            paused = page.inner_text("#result_list tr:has-text('invoice_watcher')")
+            assert "by ops, " in paused and "Supplier API down until Mo" in paused
             page.screenshot(path=str(shots / "admin-trigger-disabled.png"), full_page=True)
-            assert TriggerSchedule.objects.get(pk="invoice_watcher").enabled is False
+            row_after = TriggerSchedule.objects.get(pk="invoice_watcher")
+            assert (row_after.enabled, row_after.paused_by) == (False, "ops")
+
+            # Preview from the trigger's page: a worker evaluates it (eagerly here) and fires nothing.
+            from tests.django_project import triggers as project_triggers
+
+            project_triggers.SWITCHES["invoice"] = "INV-1051"
+            try:
+                page.goto(f"{live_server.url}/admin/django_cloaca/triggerschedule/invoice_watcher/change/")
+                page.click("a.cloaca-preview-link")
+                page.click("input[name=preview]")
+                page.wait_for_selector("#cloaca-preview-result")
+                assert page.get_attribute("#cloaca-preview-result", "data-result") == "fire"
+                assert "INV-1051" in page.inner_text("#cloaca-preview-result pre.cloaca-json")
+                page.screenshot(path=str(shots / "admin-preview.png"), full_page=True)
+            finally:
+                project_triggers.SWITCHES["invoice"] = None
+            assert store.execution_history("invoice_watcher", status="queued") == []
+            page.goto(f"{live_server.url}/admin/django_cloaca/triggerschedule/")
 
             page.locator("#result_list tr", has_text="invoice_watcher").get_by_text("executions").click()
             page.wait_for_selector("#result_list")
@@ -120,5 +144,6 @@ def test_log_in_disable_a_trigger_and_read_its_history(live_server: Any, store: 
             page.screenshot(path=str(shots / "admin-execution.png"), full_page=True)
         finally:
             browser.close()
-    for name in ("admin-triggers", "admin-trigger-disabled", "admin-history", "admin-execution"):
+    for name in ("admin-triggers", "admin-disable-note", "admin-trigger-disabled", "admin-preview",
+                 "admin-history", "admin-execution"):
         assert (shots / f"{name}.png").stat().st_size > 10_000

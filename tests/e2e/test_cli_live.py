@@ -61,3 +61,53 @@ def test_poll_fire_runs_through_a_worker_and_disable_takes_effect_live(
     assert _cli(env, tmp_path, "enable", "every_500ms").returncode == 0
     wait_until(lambda: redis_client.llen("polls:every_500ms") >= paused_at + 3, 20, "polling to resume",
                project)
+
+
+def test_poll_worker_previews_on_a_real_worker_and_writes_nothing(
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    """The admin's "Preview" and `poll --worker` send cloaca.preview: a worker process evaluates the
+    trigger, and no execution, claim, pending fire, poll time or error is written."""
+    from cloaca_celery.sqlstore import SqlStore, claims, pending
+
+    database = tmp_path / "store.db"
+    env = {
+        "E2E_REDIS_URL": redis_url,
+        "E2E_DATABASE_URL": f"sqlite:///{database}",
+        "E2E_TRIGGERS": "fire_linear,raises",
+    }
+    project = launch("e2e_app", **env)
+    project.worker(concurrency=2, name="previewer").wait_for_log("ready", timeout=30)
+    store = SqlStore(f"sqlite:///{database}")
+    try:
+        before = store.list_schedules()
+
+        redis_client.rpush("inbox:linear", "seen-by-preview")
+        done = _cli(env, tmp_path, "poll", "fire_linear", "--worker", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        fired = json.loads(done.stdout)
+        assert (fired["result"], fired["context"], fired["error"]) == (
+            "fire", {"item": "seen-by-preview", "total": 10}, None)
+        assert fired["worker"].startswith("previewer-"), fired  # evaluated in the worker process
+        assert fired["reason"] == "a poll now would start workflow 'linear'"
+        assert redis_client.llen("inbox:linear") == 0  # the trigger function really ran, once
+
+        skipped = json.loads(_cli(env, tmp_path, "poll", "fire_linear", "--worker", "--json").stdout)
+        assert (skipped["result"], skipped["context"]) == ("skip", None)
+        assert "returned skip" in skipped["reason"]
+        failed = _cli(env, tmp_path, "poll", "raises", "--worker", "--json")
+        assert failed.returncode == 1
+        assert json.loads(failed.stdout)["error"] == "RuntimeError: boom from the raises trigger"
+        text = _cli(env, tmp_path, "poll", "raises", "--worker")
+        assert text.returncode == 1 and "raises: RuntimeError: boom from the raises trigger" in text.stderr
+
+        # Nothing was written: no execution, claim or pending fire; the schedules are as they were.
+        time.sleep(1.0)  # a workflow, had one been started, would have begun by now
+        assert redis_client.llen("wf:linear:first") == 0
+        assert store.execution_history("fire_linear") == []
+        with store.engine.connect() as conn:
+            assert conn.execute(claims.select()).all() == []
+            assert conn.execute(pending.select()).all() == []
+        assert store.list_schedules() == before
+    finally:
+        store.close()

@@ -129,7 +129,8 @@ def _change_form() -> tuple[str, dict[str, Any]]:
 
 TRIGGER_CHANGES: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     "enable-action": _action("enable_triggers"),
-    "disable-action": _action("disable_triggers"),
+    "disable-action": lambda: (TRIGGERS, {"action": "disable_triggers", "_selected_action": [NAME],
+                                          "post": "yes", "note": "forged or not"}),
     "poll-now-action": _action("poll_now"),
     "enabled-toggle": _editable_toggle,
     "change-form": _change_form,
@@ -140,6 +141,11 @@ NOBODY_MAY: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
     "trigger-add": lambda: (reverse("admin:django_cloaca_triggerschedule_add"),
                             {"trigger_name": "forged", "workflow": "django_invoices", "enabled": "on"}),
 }
+PREVIEWS: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
+    "preview-action": _action("preview_triggers"),
+    "preview-page": lambda: (reverse("admin:django_cloaca_triggerschedule_preview", args=[NAME]), {}),
+}
+"""They change nothing even when allowed (a preview writes nothing), but run the trigger's code."""
 REFUSED = ["anonymous", "no-permission", "view-only", "no-csrf-token"]
 
 
@@ -149,7 +155,7 @@ def _snapshot(store: DjangoStore) -> tuple[Any, ...]:  # noqa: F811
 
 
 @pytest.mark.parametrize("kind", REFUSED)
-@pytest.mark.parametrize("path", [*TRIGGER_CHANGES, *NOBODY_MAY])
+@pytest.mark.parametrize("path", [*TRIGGER_CHANGES, *NOBODY_MAY, *PREVIEWS])
 @pytest.mark.parametrize("enabled", [True, False], ids=["while-enabled", "while-disabled"])
 def test_trigger_changes_are_refused_and_change_nothing(
     request: pytest.FixtureRequest, store: DjangoStore, switches: dict[str, Any],  # noqa: F811
@@ -158,13 +164,31 @@ def test_trigger_changes_are_refused_and_change_nothing(
     store.set_enabled(NAME, enabled)
     switches["invoice"] = "INV-REFUSED"  # a poll that ran would fire with it
     before = _snapshot(store)
-    url, data = {**TRIGGER_CHANGES, **NOBODY_MAY}[path]()
+    url, data = {**TRIGGER_CHANGES, **NOBODY_MAY, **PREVIEWS}[path]()
 
     response = _post(_client(kind, request), kind, url, data)
 
     _refused(response, kind, url, action=path.endswith("-action"))
     assert _snapshot(store) == before
     assert polls.sent == []
+    assert b"INV-REFUSED" not in response.content  # the trigger was not evaluated for them
+
+
+@pytest.mark.parametrize("path", list(PREVIEWS))
+def test_an_allowed_preview_shows_the_fire_and_changes_nothing(
+    request: pytest.FixtureRequest, store: DjangoStore, switches: dict[str, Any],  # noqa: F811
+    polls: PollSpy, path: str,
+) -> None:
+    switches["invoice"] = "INV-PREVIEWED"
+    before = _snapshot(store)
+    url, data = PREVIEWS[path]()
+    client = _client("allowed", request)
+    response = _post(client, "allowed", url, data)
+    assert response.status_code == (302 if path.endswith("-action") else 200), response
+    if response.status_code == 302:
+        response = client.get(response["Location"])  # the messages, on the list
+    assert b"INV-PREVIEWED" in response.content
+    assert _snapshot(store) == before and polls.sent == []
 
 
 @pytest.mark.parametrize("path", list(NOBODY_MAY))

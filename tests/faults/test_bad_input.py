@@ -724,7 +724,7 @@ def test_awkward_names_and_contexts_come_out_of_the_cli_unchanged(
         assert report.execution_id is not None and history[1].startswith(report.execution_id)
         shown = json.dumps(context, sort_keys=True, ensure_ascii=False)
         assert shown in history[1], history[1]
-        assert run("disable", CLI_NAME).strip() == f"{CLI_NAME}: disabled"
+        assert run("disable", CLI_NAME, "--by", "ops").strip() == f"{CLI_NAME}: disabled by ops"
         assert installation.store.get_schedule(CLI_NAME)["enabled"] is False
         assert run("enable", CLI_NAME).strip() == f"{CLI_NAME}: enabled"
         assert installation.store.get_schedule(CLI_NAME)["enabled"] is True
