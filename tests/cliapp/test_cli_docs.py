@@ -21,6 +21,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from cloaca_celery.sqlstore import SqlStore, schedules
 from cloaca_celery.store import NewExecution
 
@@ -91,6 +93,7 @@ def known_state(url: str) -> None:
         store.close()
 
 
+@pytest.mark.slow  # a celery command per block of the page
 def test_every_command_shown_in_the_cli_page_prints_what_the_page_shows(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}

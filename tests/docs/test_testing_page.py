@@ -21,6 +21,7 @@ from tests.docs.pages import REPO, commands, write_project
 PAGE = REPO / "docs" / "testing.md"
 
 
+@pytest.mark.slow  # runs pytest in a subprocess
 @pytest.mark.parametrize("autoload", [True, False], ids=["entry-point", "pytest_plugins"])
 def test_the_page_suite_passes_with_the_plugin(tmp_path: Path, autoload: bool) -> None:
     written = [p.name for p in write_project(PAGE, tmp_path)]
