@@ -23,6 +23,9 @@ from benchmarks.recovery import recovery
 from benchmarks.services import Services
 
 WORKFLOW = "bench_flow"
+HEALTH_TABLE = "cloaca_health"
+HEALTH_FLUSH = 5.5
+"""A little more than the default ``cloaca_health_flush_interval`` (the benchmark app keeps it)."""
 LONG_INTERVAL = 300.0  # so a backlog of polls never expires or runs late while it drains
 
 
@@ -200,19 +203,25 @@ class Bench:
             # cloaca: the dispatcher claims the n due slots and publishes n polls; same worker.
             svc.reset_redis()
             before = svc.settled_rows_written(schema)
+            health_before = svc.rows_written(schema, HEALTH_TABLE)
             sent, dispatch_writes, dispatch_rows, dispatch_all = self.dispatch(url)
             if sent != n:
                 raise RuntimeError(f"the dispatcher sent {sent} polls, expected {n}")
             with self.processes(url, "skip", n, LONG_INTERVAL) as procs:
                 procs.worker()
                 rate = self.drain_rate("bench:done:cloaca.poll", n, procs)
+                # Health counts are written every cloaca_health_flush_interval: wait for a flush,
+                # so that its statements are counted with the polls'.
+                time.sleep(HEALTH_FLUSH)
                 self.settle_counts()
                 writes = svc.count("bench:sql:write") + dispatch_writes
                 counted_rows = svc.count("bench:sql:rows") + dispatch_rows
                 statements = svc.count("bench:sql:all") + dispatch_all
             rows = svc.settled_rows_written(schema) - before
+            health_rows = svc.settled_rows_written(schema, table=HEALTH_TABLE) - health_before
         return {
             "skip_rowcount": counted_rows / n,
+            "skip_health_rows": health_rows / n,
             "skip_rate": rate, "skip_rate_bare": bare_rate, "skip_ratio": rate / bare_rate,
             "skip_rows": rows / n, "skip_rows_bare": bare_rows / n,
             "skip_writes": writes / n, "skip_writes_bare": bare_writes / n,

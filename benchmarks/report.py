@@ -67,6 +67,8 @@ def rows(size: Size) -> list[Row]:
             "skip_writes_bare", target="≤ 1", met=at_most_one),
         Row("Backlog of skipped polls: store statements of any kind per poll", "skip_statements",
             "skip_statements_bare"),
+        Row("Backlog of skipped polls: of the rows per poll, health-count rows (cloaca_health; "
+            "each trigger polled once: its minute's row)", "skip_health_rows"),
         Row("Store rows written per fire (pg_stat_user_tables)", "fire_rows"),
         Row("Store write statements per fire (SQLAlchemy)", "fire_writes"),
         Row("Store statements of any kind per fire", "fire_statements"),
@@ -259,7 +261,12 @@ def page(
         "  inserted, updated or deleted in the run's private schema (`pg_stat_user_tables`, read",
         "  once settled) and the INSERT/UPDATE/DELETE statements counted by a SQLAlchemy",
         "  `after_cursor_execute` listener in the dispatcher and the worker, divided by the polls;",
-        "  the dispatcher's claim of each slot is included. These polls all start on time.",
+        "  the dispatcher's claim of each slot is included, and so are the health counts (on, as",
+        "  always): the statements of their flushes (one per worker process every",
+        "  `cloaca_health_flush_interval`, whatever the number of triggers, waited for here) and",
+        "  their rows (one per trigger, minute and process: here every trigger is polled once, so",
+        "  about one per poll; a trigger polled every few seconds rewrites its row at most once",
+        "  per flush interval). These polls all start on time.",
         f"- **Store writes per fire**: {size.fire_writes} triggers (default `allow_concurrent=False`)"
         " that fire once",
         "  each, dispatched the same way, counted until every workflow completed: slot claim,",

@@ -104,22 +104,25 @@ class Services:
         if name in self.schemas:
             self.schemas.remove(name)
 
-    def rows_written(self, schema: str) -> int:
-        """Rows inserted, updated and deleted in ``schema`` so far (``pg_stat_user_tables``)."""
+    def rows_written(self, schema: str, table: str | None = None) -> int:
+        """Rows inserted, updated and deleted in ``schema`` (or one ``table`` of it) so far
+        (``pg_stat_user_tables``)."""
         from sqlalchemy import text
 
+        only = " AND relname = :table" if table else ""
         with self.pg.connect() as conn:
             conn.execute(text("SELECT pg_stat_clear_snapshot()"))
             value: Any = conn.execute(
                 text(
                     "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) "
-                    "FROM pg_stat_user_tables WHERE schemaname = :schema"
+                    f"FROM pg_stat_user_tables WHERE schemaname = :schema{only}"
                 ),
-                {"schema": schema},
+                {"schema": schema, "table": table},
             ).scalar()
         return int(value or 0)
 
-    def settled_rows_written(self, schema: str, settle: float = 1.2, timeout: float = 15.0) -> int:
+    def settled_rows_written(self, schema: str, settle: float = 1.2, timeout: float = 15.0,
+                             table: str | None = None) -> int:
         """``rows_written`` once it stops moving.
 
         PostgreSQL 15 backends report their counts at most once a second (and
@@ -127,10 +130,10 @@ class Services:
         seconds apart agree.
         """
         deadline = time.monotonic() + timeout
-        last = self.rows_written(schema)
+        last = self.rows_written(schema, table)
         while True:
             time.sleep(settle)
-            current = self.rows_written(schema)
+            current = self.rows_written(schema, table)
             if current == last or time.monotonic() > deadline:
                 return current
             last = current

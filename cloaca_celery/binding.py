@@ -12,6 +12,7 @@ import weakref
 from typing import Any, Protocol
 
 from .clock import StoreClock
+from .counters import HealthCounter
 from .errors import ConfigurationError
 from .leases import LeaseKeeper
 from .settings import Settings
@@ -32,6 +33,11 @@ class Runtime(Protocol):
 
     @property
     def leases(self) -> LeaseKeeper: ...
+
+    @property
+    def health(self) -> HealthCounter:
+        """This process's health counts (:mod:`cloaca_celery.counters`)."""
+        ...
 
     def after_end(self, execution_id: str, trigger_name: str, work: str | None = None) -> None:
         """An execution ended: start the next pending fire of its work (overlap policies that buffer)."""

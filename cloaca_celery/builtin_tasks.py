@@ -73,7 +73,7 @@ def firer(app: Celery, runtime: Runtime) -> Firer:
 
 def poller(app: Celery, runtime: Runtime) -> Poller:
     """A poller of ``app``."""
-    return Poller(runtime.settings, runtime.store, runtime.clock, firer(app, runtime))
+    return Poller(runtime.settings, runtime.store, runtime.clock, firer(app, runtime), runtime.health)
 
 
 def poll_options(settings: Settings) -> dict[str, Any]:
@@ -210,7 +210,9 @@ def register(app: Celery, runtime: Runtime) -> None:
             return
         if name == POLL_TASK:
             args = getattr(request, "args", None) or ("?",)
-            dropped_late(str(args[0]), EXPIRY_ALLOWANCE)
+            # Celery discards expired messages in the worker's main process, which must not start
+            # a thread (it may fork a new pool process): the count waits for one (see counters).
+            dropped_late(str(args[0]), EXPIRY_ALLOWANCE, runtime.health, in_pool=False)
         else:
             log_throttled(
                 logger, "dispatch-expired", logging.WARNING,

@@ -30,9 +30,10 @@ from celery.bin.base import CeleryCommand, CeleryOption, handle_preload_options
 from celery.exceptions import CeleryCommandException
 
 from .builtin_tasks import DISPATCH_TASK, SWEEP_TASK, send_manual_poll, send_preview
+from .counters import HealthCounts, total
 from .durations import format_duration, parse_duration
 from .errors import CloacaError, ConfigurationError, UnknownTriggerError
-from .health import UNHEALTHY_AFTER_ERRORS, assess_schedule
+from .health import STALE_AFTER_INTERVALS, UNHEALTHY_AFTER_ERRORS, assess_all, assess_schedule, slack_of
 from .installation import Installation, get_installation
 from .preview import Preview, preview_trigger
 from .store import STATUSES, Store
@@ -399,9 +400,10 @@ def check(ctx: click.Context, as_json: bool) -> None:
     """Check triggers, workflows, serializers, the store and beat's entries.
 
     Exits 1 when there is a problem: no trigger found, a trigger naming an
-    unknown workflow, a serializer other than JSON, a missing beat entry, or
-    a trigger whose last polls failed (with its error); 69 when the store
-    cannot be reached.
+    unknown workflow, a serializer other than JSON, a missing beat entry, an
+    unhealthy trigger (its last 3 polls failed, or it was not polled for 3
+    intervals), each named; 69 when the store cannot be reached. Fit for a
+    cron job or a Kubernetes liveness probe.
     """
     inst = _installation(ctx)
     setup_problems = inst.check()
@@ -417,6 +419,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
         store = _store(inst)
         store_url = store.url
         schedules = store.list_schedules()
+        last_polls = store.last_polls()
+        now = datetime.fromtimestamp(store.now(), tz=timezone.utc)
     except Exception as exc:  # noqa: BLE001 - reported as a problem, not a traceback
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         problems.append({"trigger": None,
@@ -424,6 +428,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
         code = EX_UNAVAILABLE if not isinstance(exc, ConfigurationError) else EX_CONFIG
         schedules = []
         settings = None
+        last_polls, now = {}, datetime.now(timezone.utc)
     else:
         passed.append(f"store reachable ({store_url})")
     beat = inst.app.conf.beat_schedule or {}
@@ -432,10 +437,9 @@ def check(ctx: click.Context, as_json: bool) -> None:
             problems.append({"trigger": None, "message": f"beat entry {entry!r} missing: is "
                              "install(app) called in the module that -A names?"})
     defined = set(triggers.names())
-    for schedule in schedules:
-        if schedule["trigger_name"] not in defined:
-            continue
-        health = assess_schedule(schedule)
+    slack = slack_of(settings.health_flush_interval if settings is not None else 5.0)
+    mine = [schedule for schedule in schedules if schedule["trigger_name"] in defined]
+    for health in assess_all(mine, last_polls, now, slack):
         finding = {"trigger": health.trigger_name, "message": health.reason}
         if health.status == "unhealthy":
             problems.append(finding)
@@ -451,7 +455,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _echo_json(ctx, {"ok": not problems, "store": store_url, "triggers": len(triggers),
                          "workflows": len(workflows), "problems": problems,
-                         "warnings": warnings, "unhealthy_after_errors": UNHEALTHY_AFTER_ERRORS})
+                         "warnings": warnings, "unhealthy_after_errors": UNHEALTHY_AFTER_ERRORS,
+                         "unhealthy_after_intervals": STALE_AFTER_INTERVALS})
     else:
         for line in passed:
             ctx.obj.echo(f"{ctx.obj.style('ok  ', fg='green')}  {printable(line)}")
@@ -492,4 +497,116 @@ def prune(ctx: click.Context, older_than: str) -> None:
         raise click.BadParameter(str(exc)) from None
     cutoff = datetime.now(timezone.utc) - timedelta(seconds=seconds)
     count = _store_call(inst, "prune", lambda s: s.prune_executions(cutoff))
-    ctx.obj.echo(f"deleted {count} execution(s) completed before {_when(cutoff)} UTC")
+    rows = _store_call(inst, "prune", lambda s: s.prune_health(cutoff))
+    ctx.obj.echo(f"deleted {count} execution(s) completed before {_when(cutoff)} UTC, "
+                 f"and {rows} health row(s) of the minutes before")
+
+
+# -- health: stats and metrics -----------------------------------------------------
+
+
+def _since(value: str) -> float:
+    try:
+        return parse_duration(value, "--since")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else f"{value:.2f}s"
+
+
+def stats_json(since: datetime, now: datetime, names: list[str], rows: list[HealthCounts],
+               minutes: bool) -> dict[str, Any]:
+    """The shape of ``cloaca stats --json`` (docs/cli.md): each trigger's totals over the window,
+    with its minutes when ``minutes``."""
+    by_name: dict[str, list[HealthCounts]] = {name: [] for name in names}
+    for row in rows:
+        by_name.setdefault(row.trigger_name, []).append(row)
+    found = []
+    for name in sorted(by_name):
+        entry = total(by_name[name], name, since).as_dict()
+        del entry["minute"]
+        if minutes:
+            entry["minutes"] = [row.as_dict() for row in by_name[name]]
+        found.append(entry)
+    return {"since": since.isoformat(), "until": now.isoformat(), "triggers": found}
+
+
+@cloaca.command()
+@click.argument("name", required=False)
+@_option("--since", "since", default="1h", show_default=True, help_group="Filter Options",
+         help="How far back, e.g. 15m, 1h, 2d (whole minutes).")
+@_json_flag("the counts")
+@click.pass_context
+def stats(ctx: click.Context, name: str | None, since: str, as_json: bool) -> None:
+    """Health counts per trigger (or per minute of trigger NAME): polls, skips, fires, held back,
+    errors, late polls, poll duration and fire -> first step latency, summed over every process."""
+    inst = _installation(ctx)
+    seconds = _since(since)
+    if name is not None:
+        _store_call(inst, "stats", lambda s: s.get_schedule(name))
+    now = datetime.fromtimestamp(_store_call(inst, "stats", lambda s: s.now()), tz=timezone.utc)
+    start = now - timedelta(seconds=seconds)
+    rows: list[HealthCounts] = _store_call(inst, "stats", lambda s: s.health(name, start))
+    names = [name] if name is not None else [
+        s["trigger_name"] for s in _store_call(inst, "stats", lambda s: s.list_schedules()) if s["registered"]
+    ]
+    data = stats_json(start, now, names, rows, minutes=name is not None)
+    if as_json:
+        _echo_json(ctx, data)
+        return
+    headers = ["polls", "skips", "fires", "held", "pending", "cancelled", "dropped", "errors", "late",
+               "poll p50", "poll max", "latency p50", "latency max"]
+
+    def cells(entry: dict[str, Any]) -> list[str]:
+        counts = [entry[key] for key in ("polls", "skips", "fires")] + [sum(entry["held"].values())]
+        counts += [entry[key] for key in ("pending", "cancelled", "dropped", "errors", "late")]
+        times = [entry[which][key] for which in ("poll_seconds", "latency_seconds") for key in ("p50", "max")]
+        return [str(count) for count in counts] + [_seconds(value) for value in times]
+
+    ctx.obj.echo(f"since {_when(start)} UTC ({format_duration(seconds)}); "
+                 "p50 is approximate (a histogram's bucket), max is exact")
+    if name is None:
+        ctx.obj.echo(table(["trigger", *headers], [[e["trigger_name"], *cells(e)] for e in data["triggers"]]))
+        return
+    entry = data["triggers"][0]
+    rows_shown = [[minute["minute"][11:16], *cells(minute)] for minute in entry["minutes"]]
+    rows_shown.append(["total", *cells(entry)])
+    ctx.obj.echo(table(["minute", *headers], rows_shown))
+
+
+@cloaca.command()
+@_option("--port", type=click.IntRange(min=0, max=65535), default=9808, show_default=True,
+         help_group="Server Options", help="Port to serve /metrics on.")
+@_option("--bind", default="127.0.0.1", show_default=True, help_group="Server Options",
+         help="Address to listen on (0.0.0.0 for every interface).")
+@click.pass_context
+def metrics(ctx: click.Context, port: int, bind: str) -> None:
+    """Serve the health counts to Prometheus on /metrics (needs cloaca-celery[prometheus]).
+
+    Every scrape reads the counts from the store, so the numbers are those of
+    every worker process on every host. Counters count from this server's start.
+    """
+    inst = _installation(ctx)
+    try:
+        from .metrics import serve
+    except ImportError as exc:
+        _exit(f"cloaca metrics needs prometheus_client: pip install 'cloaca-celery[prometheus]' ({exc})",
+              EX_CONFIG)
+    _store_call(inst, "metrics", lambda s: s.now())
+    try:
+        server = serve(inst.store, inst.settings, bind, port)
+    except OSError as exc:
+        _exit(f"metrics: cannot listen on {bind}:{port}: {exc}", EX_UNAVAILABLE)
+    host, bound_port = str(server.server_address[0]), int(server.server_address[1])
+    ctx.obj.echo(f"serving cloaca health metrics on http://{host}:{bound_port}/metrics "
+                 f"(store {inst.store.url})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

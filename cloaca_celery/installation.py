@@ -24,6 +24,7 @@ from .binding import bind, runtime_of
 from .builtin_tasks import DISPATCH_TASK, NOT_STEPS, SWEEP_TASK
 from .clock import StoreClock
 from .compat import upstream_problems_of
+from .counters import HealthCounter
 from .dispatch import EXPIRY_ALLOWANCE, DispatchSchedule, auto_dispatch_interval
 from .embedded import apply_embedded_defaults
 from .errors import ConfigurationError
@@ -51,6 +52,7 @@ class Installation:
         self._store: Store | None = None
         self._clock: StoreClock | None = None
         self._leases: LeaseKeeper | None = None
+        self._health: HealthCounter | None = None
         self._lock = threading.RLock()
         self._pid = os.getpid()
 
@@ -94,6 +96,24 @@ class Installation:
                     settings.heartbeat_interval, settings.heartbeat_misses,
                 )
             return self._leases
+
+    @property
+    def health(self) -> HealthCounter:
+        """This process's health counts, written to the store every ``cloaca_health_flush_interval``."""
+        with self._lock:
+            if self._health is None:
+                self._health = HealthCounter(
+                    lambda process, rows: self.store.save_health(process, rows), self.clock.now,
+                    self.settings.health_flush_interval,
+                )
+            return self._health
+
+    def flush_health(self) -> None:
+        """Write this process's last counts (at shutdown): what was counted is not lost."""
+        with self._lock:
+            health = self._health
+        if health is not None:
+            health.stop()
 
     def poller(self) -> Poller:
         return builtin_tasks.poller(self.app, self)
@@ -209,6 +229,7 @@ class Installation:
         so the first poll does not pay for it. Heartbeats start afresh: the parent's are its own."""
         with self._lock:
             self._leases = None
+            self._health = None
         try:
             self.store.ping()
         except Exception as exc:  # noqa: BLE001 - the first poll will report it properly
@@ -315,8 +336,13 @@ def install(app: Celery, **options: Any) -> Installation:
     def on_process_init(**_: Any) -> None:
         installation.after_fork()
 
+    def on_shutdown(**_: Any) -> None:
+        installation.flush_health()
+
     signals.worker_init.connect(on_worker_init, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
     signals.beat_init.connect(on_beat_init, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(on_shutdown, weak=False)
+    signals.worker_shutdown.connect(on_shutdown, weak=False)
     return installation

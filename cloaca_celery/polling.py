@@ -20,8 +20,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from .clock import StoreClock
 from .context import check_json_value
+from .counters import HealthCounter
 from .errors import ContextError, UnknownTriggerError
-from .firing import Firer
+from .firing import Fire, Firer
 from .logs import error_text, log_throttled, one_line
 from .settings import Settings
 from .slots import Slot
@@ -50,9 +51,14 @@ class PollReport:
         }
 
 
-def dropped_late(name: str, late_by: float) -> None:
-    """A poll that waited too long to start: counted, and logged at most once a minute per trigger."""
+def dropped_late(name: str, late_by: float, health: HealthCounter | None = None,
+                 in_pool: bool = True) -> None:
+    """A poll that waited too long to start: counted (in ``health`` too), and logged at most once a
+    minute per trigger. ``in_pool=False``: counted by a worker's main process (see
+    :meth:`~cloaca_celery.counters.HealthCounter.count`)."""
     late_polls[name] = late_polls.get(name, 0) + 1
+    if health is not None:
+        health.count(name, late=1, thread=in_pool)
     log_throttled(
         logger, f"late:{name}", logging.WARNING,
         "%s: poll dropped unrun: it started %.2fs after it had to (half an interval after it was sent); "
@@ -62,17 +68,19 @@ def dropped_late(name: str, late_by: float) -> None:
 
 
 late_polls: dict[str, int] = {}
-"""Polls dropped as late in this process, by trigger (the health counters read it)."""
+"""Polls dropped as late in this process, by trigger (since it started)."""
 
 
 class Poller:
     """Runs polls for one app against one store (one per worker process)."""
 
-    def __init__(self, settings: Settings, store: Store, clock: StoreClock, firer: Firer) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: StoreClock, firer: Firer,
+                 health: HealthCounter | None = None) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
         self.firer = firer
+        self.health = health
 
     def poll(self, name: str, slot: Slot | None = None, *, now: float | None = None) -> PollReport:
         """Poll ``name`` once; with ``slot``, as the scheduled poll of that slot.
@@ -94,7 +102,7 @@ class Poller:
         if slot is not None and started > slot.start_by:
             # Waited in the queue more than half an interval: the next slot's poll would follow
             # at once, and under load a late poll only makes the next one later. Dropped, at no cost.
-            dropped_late(name, started - slot.start_by)
+            dropped_late(name, started - slot.start_by, self.health)
             return PollReport(name, "not_polled", "late")
         lease_seconds = self.settings.poll_hard_time_limit + 5.0
         taken: PollLease | PollRefusal
@@ -147,6 +155,8 @@ class Poller:
         error: str | None = None
         fired_at: datetime | None = None
         deduplicated = False
+        fire: Fire | None = None
+        began = self.clock.now()
         try:
             result = definition.evaluate(state)
         except SoftTimeLimitExceeded:
@@ -181,6 +191,8 @@ class Poller:
                 logger.warning("%s: state not saved: %s", name, exc)
                 if report.status != "fired":
                     report = PollReport(name, "error", str(exc))
+        if self.health is not None:
+            self._count(definition, report.status, fire, began)
         if watch is not None and watch.cancel():
             lease = replace(lease, held=True)
         try:
@@ -196,6 +208,21 @@ class Poller:
             why = "outlived its lease" if lease.held else "found its state changed by another poll"
             logger.warning("%s: poll %s; its outcome and state were not saved", name, why)
         return report
+
+    def _count(self, definition: TriggerDefinition, status: str, fire: Fire | None, began: float) -> None:
+        """Count the poll in this process's health counts (no store write: see :mod:`.counters`).
+
+        ``dropped`` counts the pending fires ``buffer_all`` dropped past ``max_pending``; the
+        pending fire a newer one replaces under ``buffer_one`` is not counted as dropped.
+        """
+        assert self.health is not None
+        held = fire is not None and status not in ("fired", "error")
+        self.health.poll(
+            definition.name, status, definition.overlap, began, self.clock.now(),
+            pending=held and status in ("buffered", "cancelling"),
+            cancelled=fire is not None and fire.cancelled,
+            dropped=fire.dropped if fire is not None and definition.overlap == "buffer_all" else 0,
+        )
 
     @staticmethod
     def _log_error(definition: TriggerDefinition, lease: PollLease, error: str, exc: BaseException) -> None:

@@ -80,10 +80,14 @@ class DefaultRunner:
         return self.store.execution_history(name, limit=limit, offset=offset, status=status)
 
     def prune_history(self, older_than: Duration) -> int:
-        """Delete ended executions completed more than ``older_than`` ago; return how many."""
+        """Delete ended executions completed more than ``older_than`` ago; return how many.
+
+        The health counts of the minutes before then go too."""
         seconds = parse_duration(older_than, "prune_history(older_than)")
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=seconds)
-        return self.store.prune_executions(cutoff)
+        deleted = self.store.prune_executions(cutoff)
+        self.store.prune_health(cutoff)
+        return deleted
 
     # -- running a workflow --------------------------------------------------
 

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "queued_timeout": "6h",
     "sweep_interval": "5s",
     "history_retention": "30d",
+    "health_flush_interval": "5s",
 }
 """Every ``cloaca_`` setting and its default."""
 
@@ -66,6 +67,7 @@ class Settings:
     queued_timeout: float
     sweep_interval: float
     history_retention: float | None
+    health_flush_interval: float = 5.0
     retired: tuple[str, ...] = ()
 
     @property
@@ -187,6 +189,7 @@ def resolve_settings(conf: Any, options: Mapping[str, Any]) -> Settings:
         queued_timeout=_duration(raw["queued_timeout"], "queued_timeout"),
         sweep_interval=_duration(raw["sweep_interval"], "sweep_interval"),
         history_retention=retention,
+        health_flush_interval=_duration(raw["health_flush_interval"], "health_flush_interval"),
         retired=retired,
     )
 

@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from .counters import COUNTS
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported),
@@ -168,3 +170,26 @@ pending = Table(
 """Fires held back by a trigger's overlap policy while an active execution holds their key
 (``created_at``: epoch seconds on the store's clock); each is deleted when it starts, or when a
 newer one pushes it out."""
+
+health = Table(
+    "cloaca_health",
+    metadata,
+    Column("health_key", String(320), primary_key=True),
+    Column("trigger_name", String(200), nullable=False),
+    Column("minute", UTCDateTime, nullable=False),
+    Column("process", String(100), nullable=False),
+    *(Column(name, Integer, nullable=False, default=0) for name in COUNTS),
+    Column("poll_buckets", JSON, nullable=False),
+    Column("poll_seconds_sum", Double, nullable=False, default=0.0),
+    Column("poll_seconds_max", Double, nullable=False, default=0.0),
+    Column("latency_buckets", JSON, nullable=False),
+    Column("latency_seconds_sum", Double, nullable=False, default=0.0),
+    Column("latency_seconds_max", Double, nullable=False, default=0.0),
+    Column("last_poll_at", UTCDateTime, nullable=True),
+    Index("ix_cloaca_health_trigger", "trigger_name", "minute"),
+    Index("ix_cloaca_health_minute", "minute"),
+    **MYSQL_TABLE_OPTIONS,
+)
+"""Health counts: one row per (trigger, minute, process) holding that process's totals for the minute
+(``health_key`` is :func:`cloaca_celery.store.health_key` of the three), replaced at each flush; rows
+of a minute are summed when read. Durations are histograms over :data:`cloaca_celery.counters.BUCKETS`."""

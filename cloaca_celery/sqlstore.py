@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Collection, Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -51,12 +51,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import store as rules
+from .counters import HealthCounts
 from .sqlengine import create_store_engine, normalize_database_url, redact_url
 from .sqlschema import (
     MYSQL_TABLE_OPTIONS,
     UTCDateTime,
     claims,
     executions,
+    health,
     metadata,
     pending,
     schedules,
@@ -88,6 +90,7 @@ __all__ = [
     "claims",
     "create_store_engine",
     "executions",
+    "health",
     "metadata",
     "normalize_database_url",
     "pending",
@@ -110,6 +113,7 @@ class SqlStore:
             self.engine = create_store_engine(url_or_engine)
             self.url = redact_url(url_or_engine)
         self._upsert_step = _step_upsert(self.dialect)
+        self._upsert_health = _health_upsert(self.dialect)
         self._schema_lock = threading.Lock()
         self._schema_ready = False
         # Single reads need no transaction: one round trip instead of three.
@@ -523,6 +527,35 @@ class SqlStore:
             return [rules.pending_fire(row._mapping) for row in conn.execute(query)]
 
 
+    # -- health counts -----------------------------------------------------------
+
+    def save_health(self, process: str, rows: Collection[HealthCounts]) -> None:
+        values = [rules.health_row(process, row) for row in rows]
+        if values:
+            with self.engine.begin() as conn:
+                conn.execute(self._upsert_health, values)
+
+    def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
+        h = health
+        query = select(h).where(h.c.minute >= rules.health_since(since))
+        if trigger_name is not None:
+            query = query.where(h.c.trigger_name == trigger_name)
+        with self.engine.connect() as conn:
+            return rules.merged_health(row._mapping for row in conn.execute(query))
+
+    def last_polls(self) -> dict[str, datetime]:
+        h = health
+        query = select(h.c.trigger_name, func.max(h.c.last_poll_at).label("at")).group_by(h.c.trigger_name)
+        with self.engine.connect() as conn:
+            found = conn.execute(query).all()
+        # func.max loses the column type on some backends: aware UTC again
+        return {row.trigger_name: _utc(row.at) for row in found if row.at is not None}
+
+    def prune_health(self, before: datetime) -> int:
+        with self.engine.begin() as conn:
+            return int(conn.execute(delete(health).where(health.c.minute < before)).rowcount or 0)
+
+
 class _StepEndQueries:
     """:class:`cloaca_celery.store.StepEndQueries` in the transaction of ``conn``."""
 
@@ -579,6 +612,28 @@ class _PendingQueries:
 
     def insert_execution(self, row: dict[str, Any]) -> None:
         self.conn.execute(insert(executions).values(**row))
+
+
+def _utc(value: Any) -> datetime:
+    """A datetime read through an aggregate (a string on SQLite) as an aware UTC datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _health_upsert(dialect: str) -> Any:
+    """Insert a health row, or replace the counts of the row with its key (the same process's)."""
+    changed = [name for name in rules.HEALTH_FIELDS if name != "health_key"]
+    if dialect in ("postgresql", "sqlite"):
+        upsert = (postgresql if dialect == "postgresql" else sqlite).insert(health)
+        return upsert.on_conflict_do_update(
+            index_elements=[health.c.health_key], set_={name: upsert.excluded[name] for name in changed}
+        )
+    if dialect in ("mysql", "mariadb"):
+        row = mysql.insert(health)
+        return row.on_duplicate_key_update({name: row.inserted[name] for name in changed})
+    return insert(health)
 
 
 def _step_params(row: dict[str, Any]) -> dict[str, Any]:

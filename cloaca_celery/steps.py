@@ -127,11 +127,26 @@ def execution_of(args: Any) -> tuple[str, str] | None:
     return None
 
 
-def step_starts(runtime: Runtime, execution_id: str, task_id: str) -> bool:
+def fired_at_of(args: Any, execution_id: str, task_id: str, retries: int = 0) -> float | None:
+    """When the execution was fired (store clock, epoch seconds), if this is the first delivery of
+    its first step (``<execution_id>-1``): the fire -> first step latency is measured from it."""
+    if task_id != f"{execution_id}-1" or retries or not args or not isinstance(args[0], dict):
+        return None
+    triggered_at = args[0].get("triggered_at")
+    try:
+        return datetime.fromisoformat(triggered_at).timestamp() if isinstance(triggered_at, str) else None
+    except ValueError:
+        return None
+
+
+def step_starts(runtime: Runtime, execution_id: str, task_id: str, fired_at: float | None = None,
+                trigger_name: str = "") -> bool:
     """Write the step's start and take its lease; ``False`` if its execution has ended or is ending.
 
     A store that cannot be reached cannot say: the step runs (no other copy
-    can start meanwhile, since firing needs the store too).
+    can start meanwhile, since firing needs the store too). With ``fired_at``
+    (the first step), the fire -> first step latency is counted in the
+    trigger's health counts.
     """
     clock, leases = runtime.clock, runtime.leases
     try:
@@ -143,6 +158,8 @@ def step_starts(runtime: Runtime, execution_id: str, task_id: str) -> bool:
         live = True
     if live:
         leases.hold(execution_id)
+        if fired_at is not None and trigger_name:
+            runtime.health.latency(trigger_name, fired_at, clock.now())
     return live
 
 
@@ -192,7 +209,8 @@ class WorkflowStep(Task):  # type: ignore[misc]
         runtime = runtime_of(self.app)
         if step is not None and runtime is not None and task_id:
             execution_id, trigger_name = step
-            if not step_starts(runtime, execution_id, task_id):
+            fired_at = fired_at_of(args, execution_id, task_id, request.retries or 0)
+            if not step_starts(runtime, execution_id, task_id, fired_at, trigger_name):
                 logger.warning(
                     "%s: step %r of execution %s not run: the execution has ended, or is ending "
                     "after another of its steps failed", trigger_name, self.name, execution_id,
@@ -353,7 +371,8 @@ def connect(app: Celery, skip: frozenset[str]) -> None:
     def on_task_prerun(task_id: str = "", task: Any = None, args: Any = (), **_: Any) -> None:
         found = plain_step(task, args)
         if found is not None and task_id:
-            step_starts(found[0], found[1], task_id)
+            retries = getattr(getattr(task, "request", None), "retries", 0) or 0
+            step_starts(found[0], found[1], task_id, fired_at_of(args, found[1], task_id, retries), found[2])
 
     def on_task_postrun(task_id: str = "", task: Any = None, args: Any = (), retval: Any = None,
                         state: str | None = None, **_: Any) -> None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, runtime_checkable
 
+from .counters import COUNTS, Durations, HealthCounts, merge
 from .errors import ConfigurationError, UnknownTriggerError
 
 OVERLAP_POLICIES = ("skip", "allow", "buffer_one", "buffer_all", "cancel_other", "terminate_other")
@@ -475,6 +476,26 @@ class Store(Protocol):
         Disabling records the pause (:func:`switch_values`): when, on the
         store's clock, ``by`` whom and why (``note``); enabling clears it.
         """
+        ...
+
+    def save_health(self, process: str, rows: Collection[HealthCounts]) -> None:
+        """Save a process's health counts: each row replaces that process's row of the same trigger
+        and minute (:func:`health_key`), in one transaction. Rows are a process's totals for the
+        minute, so saving one again changes nothing."""
+        ...
+
+    def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
+        """The health counts of one trigger (``None``: every trigger) for the minutes from the one
+        holding ``since`` on, every process's rows of a minute summed (:func:`cloaca_celery.counters.merge`),
+        by trigger then minute."""
+        ...
+
+    def last_polls(self) -> dict[str, datetime]:
+        """When each trigger with health rows was last polled, by any process (as far as written)."""
+        ...
+
+    def prune_health(self, before: datetime) -> int:
+        """Delete the health rows of minutes that started before ``before``; return how many."""
         ...
 
     def close(self) -> None:
@@ -1086,6 +1107,79 @@ def start_pending(
         return False
     queries.insert_execution(execution_row(execution, deadline))
     return True
+
+
+# -- health counts -----------------------------------------------------------------------
+
+HEALTH_KEY_LIMIT = 320
+"""The length of ``cloaca_health.health_key``."""
+
+HEALTH_FIELDS = (
+    "health_key", "trigger_name", "minute", "process", *COUNTS,
+    "poll_buckets", "poll_seconds_sum", "poll_seconds_max",
+    "latency_buckets", "latency_seconds_sum", "latency_seconds_max", "last_poll_at",
+)
+"""The columns of a health row."""
+
+
+def health_key(trigger_name: str, minute: datetime, process: str) -> str:
+    """The primary key of a health row: ``"<minute epoch>\\x1f<process>\\x1f<trigger>"``.
+
+    One column, as for claims (Django before 5.2 has no composite key). The
+    minute has a fixed length and a process name no separator, so two rows
+    never make one key.
+    """
+    return f"{int(minute.timestamp()):011d}\x1f{process[:100]}\x1f{trigger_name}"
+
+
+def health_row(process: str, counts: HealthCounts) -> dict[str, Any]:
+    """The row that stores ``counts`` (a process's totals of one trigger and minute)."""
+    return {
+        "health_key": health_key(counts.trigger_name, counts.minute, process),
+        "trigger_name": counts.trigger_name, "minute": counts.minute, "process": process[:100],
+        **{name: getattr(counts, name) for name in COUNTS},
+        "poll_buckets": list(counts.poll_seconds.buckets),
+        "poll_seconds_sum": counts.poll_seconds.total, "poll_seconds_max": counts.poll_seconds.largest,
+        "latency_buckets": list(counts.latency_seconds.buckets),
+        "latency_seconds_sum": counts.latency_seconds.total,
+        "latency_seconds_max": counts.latency_seconds.largest,
+        "last_poll_at": counts.last_poll_at,
+    }
+
+
+def _buckets(value: Any, size: int) -> list[int]:
+    values = [int(v) for v in (value or [])][:size]
+    return values + [0] * (size - len(values))
+
+
+def health_counts(row: Row) -> HealthCounts:
+    """A stored health row as :class:`HealthCounts`."""
+    size = len(Durations().buckets)
+    minute = aware_utc(row["minute"])
+    assert minute is not None
+    return HealthCounts(
+        trigger_name=row["trigger_name"], minute=minute,
+        **{name: int(row[name] or 0) for name in COUNTS},
+        poll_seconds=Durations(_buckets(row["poll_buckets"], size), float(row["poll_seconds_sum"] or 0),
+                               float(row["poll_seconds_max"] or 0)),
+        latency_seconds=Durations(
+            _buckets(row["latency_buckets"], size), float(row["latency_seconds_sum"] or 0),
+            float(row["latency_seconds_max"] or 0),
+        ),
+        last_poll_at=aware_utc(row["last_poll_at"]),
+    )
+
+
+def merged_health(rows: Iterable[Row]) -> list[HealthCounts]:
+    """:meth:`Store.health` from the rows read."""
+    return merge(health_counts(row) for row in rows)
+
+
+def health_since(since: datetime) -> datetime:
+    """The first minute :meth:`Store.health` returns for ``since`` (the minute that holds it)."""
+    if since.tzinfo is None:
+        raise ValueError("health(): since must be a timezone-aware datetime")
+    return since - timedelta(seconds=since.second, microseconds=since.microsecond)
 
 
 def clock_query(vendor: str) -> str:

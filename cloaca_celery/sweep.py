@@ -149,6 +149,10 @@ def _prune(settings: Settings, store: Store, now: float) -> None:
         return
     cutoff = datetime.fromtimestamp(now, tz=timezone.utc) - timedelta(seconds=settings.history_retention)
     deleted = store.prune_executions(cutoff, PRUNE_BATCH, batches=1)
+    counts = store.prune_health(cutoff)
+    if counts:
+        logger.info("sweep: deleted %d health row(s) of minutes before %s (setting cloaca_history_retention)",
+                    counts, cutoff.isoformat(timespec="seconds"))
     if deleted:
         logger.info("sweep: deleted %d execution(s) that ended before %s (setting cloaca_history_retention)",
                     deleted, cutoff.isoformat(timespec="seconds"))

@@ -26,6 +26,7 @@ from django.utils.translation import gettext_lazy as _
 from cloaca_celery.builtin_tasks import DISPATCH_TASK
 from cloaca_celery.durations import format_duration
 
+from .health_admin import HealthAdminMixin
 from .models import TriggerExecution, TriggerSchedule
 from .operations import TriggerOperations, celery_app
 
@@ -36,10 +37,10 @@ def _pretty_json(value: Any) -> str:
 
 
 @admin.register(TriggerSchedule)
-class TriggerScheduleAdmin(TriggerOperations):
+class TriggerScheduleAdmin(HealthAdminMixin, TriggerOperations):
     list_display = (
         "trigger_name", "workflow", "interval", "enabled", "last_poll_at", "last_fire_at",
-        "errors", "short_error", "pause", "history",
+        "errors", "short_error", "health_status", "pause", "history",
     )
     list_display_links = ("trigger_name",)
     list_editable = ("enabled",)
@@ -51,7 +52,7 @@ class TriggerScheduleAdmin(TriggerOperations):
         "trigger_name", "workflow", "interval", "allow_concurrent", "registered", "next_poll",
         "last_poll_at", "last_fire_at", "consecutive_errors", "last_error", "last_error_at",
         "dedup_count", "state_json", "created_at", "updated_at", "history",
-        "paused_at", "paused_by", "pause_note",
+        "paused_at", "paused_by", "pause_note", *HealthAdminMixin.health_fields,
     )
     fieldsets = (
         (None, {"fields": ("trigger_name", "workflow", "enabled", "history")}),
@@ -62,6 +63,7 @@ class TriggerScheduleAdmin(TriggerOperations):
             "dedup_count",
         )}),
         (_("State"), {"classes": ("collapse",), "fields": ("state_json", "created_at", "updated_at")}),
+        HealthAdminMixin.health_fieldset,
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Case, DateTimeField, Exists, F, Min, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, DateTimeField, Exists, F, Max, Min, OuterRef, Q, QuerySet, Value, When
 from django.db.models.functions import Coalesce
 from django.db.models.lookups import GreaterThan
 
 from cloaca_celery import store as rules
+from cloaca_celery.counters import HealthCounts
 from cloaca_celery.errors import ConfigurationError
 from cloaca_celery.store import (
     DuePoll,
@@ -44,7 +45,14 @@ from cloaca_celery.store import (
     TriggerSpec,
 )
 
-from .models import TriggerClaim, TriggerExecution, TriggerPending, TriggerSchedule, TriggerStep
+from .models import (
+    TriggerClaim,
+    TriggerExecution,
+    TriggerHealth,
+    TriggerPending,
+    TriggerSchedule,
+    TriggerStep,
+)
 
 SCHEDULE_ROW = (*rules.SCHEDULE_FIELDS, "next_poll_at")
 claim_key = rules.claim_key
@@ -69,7 +77,10 @@ class DjangoStore:
 
     def ensure_schema(self) -> None:
         tables = set(connections[self.using].introspection.table_names())
-        missing = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending"}
+        missing = {
+            "cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending",
+            "cloaca_health",
+        }
         missing -= tables
         if missing:
             raise ConfigurationError(
@@ -367,6 +378,34 @@ class DjangoStore:
                 total += self._executions.filter(pk__in=ids).delete()[0]
                 self._steps.filter(execution_id__in=ids).delete()
         return total
+
+    # -- health counts -----------------------------------------------------------
+
+    def save_health(self, process: str, rows: Collection[HealthCounts]) -> None:
+        objects = [TriggerHealth(**rules.health_row(process, row)) for row in rows]
+        if not objects:
+            return
+        features = connections[self.using].features
+        target = ["health_key"] if features.supports_update_conflicts_with_target else None
+        changed = [name for name in rules.HEALTH_FIELDS if name != "health_key"]
+        with transaction.atomic(using=self.using):
+            TriggerHealth.objects.using(self.using).bulk_create(
+                objects, update_conflicts=True, unique_fields=target, update_fields=changed,
+            )
+
+    def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
+        rows = TriggerHealth.objects.using(self.using).filter(minute__gte=rules.health_since(since))
+        if trigger_name is not None:
+            rows = rows.filter(trigger_name=trigger_name)
+        return rules.merged_health(rows.values(*rules.HEALTH_FIELDS))
+
+    def last_polls(self) -> dict[str, datetime]:
+        found = (TriggerHealth.objects.using(self.using).exclude(last_poll_at=None).values("trigger_name")
+                 .annotate(at=Max("last_poll_at")).values_list("trigger_name", "at"))
+        return {name: at.astimezone(timezone.utc) for name, at in found}
+
+    def prune_health(self, before: datetime) -> int:
+        return int(TriggerHealth.objects.using(self.using).filter(minute__lt=before).delete()[0])
 
     # -- pending fires (overlap policies) -----------------------------------------
 

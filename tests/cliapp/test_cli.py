@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from cloaca_celery.counters import HealthCounter, HealthCounts
 from cloaca_celery.sqlstore import SqlStore, schedules
 from cloaca_celery.store import NewExecution
 from tests.support.sqlite import migrated_sqlite
@@ -191,7 +193,7 @@ def test_check_migrate_and_prune(cli) -> None:  # type: ignore[no-untyped-def]
                           claim=False, now=0.0, deadline=600.0)
         store.finish_execution(eid, "succeeded", None, old)
         done = cli("prune", "--older-than", "30d")
-        assert done.returncode == 0 and done.stdout.startswith("deleted 1 execution(s)")
+        assert done.returncode == 0 and done.stdout.startswith("deleted 1 execution(s)"), done.stderr
         with pytest.raises(KeyError):
             store.get_execution(eid)
     finally:
@@ -292,3 +294,130 @@ def test_check_fails_when_no_trigger_is_found(tmp_path: Path) -> None:
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAIL  no triggers found" in done.stdout and "triggers.py" in done.stdout
+
+
+# -- health: stats, check's "not polled" rule, metrics -------------------------------
+
+
+def _counted(url: str, process: str, trigger: str, at: datetime, skips: int, fires: int) -> None:
+    """Write ``process``'s health row of ``trigger`` for the minute of ``at``, as a worker's flush does."""
+    rows: list[HealthCounts] = []
+    epoch = at.timestamp()
+    counter = HealthCounter(lambda _, found: rows.extend(found), lambda: epoch, 3600.0)
+    for _ in range(skips):
+        counter.poll(trigger, "skipped", "skip", epoch - 0.002, epoch)
+    for _ in range(fires):
+        counter.poll(trigger, "fired", "skip", epoch - 0.03, epoch)
+        counter.latency(trigger, epoch - 0.08, epoch)
+    counter.flush()
+    store = SqlStore(url)
+    try:
+        store.save_health(process, rows)
+    finally:
+        store.close()
+
+
+def test_stats_sums_every_process_and_prints_json(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("list").returncode == 0  # the schedule rows
+    now = datetime.now(timezone.utc)
+    _counted(cli.url, "host-a:1:aa", "never_fires", now - timedelta(minutes=2), skips=5, fires=0)
+    _counted(cli.url, "host-b:2:bb", "never_fires", now - timedelta(minutes=2), skips=4, fires=0)
+    _counted(cli.url, "host-b:2:bb", "always_fires", now - timedelta(seconds=5), skips=0, fires=2)
+    _counted(cli.url, "host-b:2:bb", "always_fires", now - timedelta(hours=3), skips=0, fires=7)
+    done = cli("stats", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert set(data) == {"since", "until", "triggers"}
+    by_name = {entry["trigger_name"]: entry for entry in data["triggers"]}
+    assert sorted(by_name) == ["always_fires", "broken", "never_fires"]
+    assert (by_name["never_fires"]["polls"], by_name["never_fires"]["skips"]) == (9, 9)
+    fires = by_name["always_fires"]
+    assert (fires["polls"], fires["fires"], fires["held"]["skip"]) == (2, 2, 0)
+    assert fires["latency_seconds"]["count"] == 2
+    assert fires["latency_seconds"]["max"] == pytest.approx(0.08)
+    assert by_name["broken"]["polls"] == 0 and by_name["broken"]["poll_seconds"]["p50"] is None
+    assert "minutes" not in fires
+    day = json.loads(cli("stats", "always_fires", "--since", "1d", "--json").stdout)
+    [entry] = day["triggers"]
+    assert entry["fires"] == 9 and [m["fires"] for m in entry["minutes"]] == [7, 2]
+    table = cli("stats")
+    assert table.returncode == 0, table.stderr
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith("never_fires"))
+    assert row[1:4] == ["9", "9", "0"]
+    assert "p50 is approximate" in table.stdout
+    _one_line_error(cli("stats", "no_such"), "unknown trigger 'no_such'")
+    assert cli("stats", "--since", "soon").returncode == EX_USAGE
+
+
+def _registered_long_ago(url: str, name: str) -> None:
+    store = SqlStore(url)
+    try:
+        with store.engine.begin() as conn:
+            long_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+            conn.execute(schedules.update().where(schedules.c.trigger_name == name).values(
+                created_at=long_ago, updated_at=long_ago))
+    finally:
+        store.close()
+
+
+def test_check_fails_naming_a_trigger_not_polled_for_three_intervals(cli) -> None:  # type: ignore[no-untyped-def]
+    assert cli("check").returncode == 0
+    for name in ("always_fires", "never_fires", "broken"):
+        _registered_long_ago(cli.url, name)
+    now = datetime.now(timezone.utc)
+    _counted(cli.url, "host-a:1:aa", "always_fires", now - timedelta(seconds=20), skips=1, fires=0)
+    _counted(cli.url, "host-a:1:aa", "never_fires", now - timedelta(minutes=10), skips=1, fires=0)
+    done = cli("check")
+    assert done.returncode == 1, done.stdout
+    failed = [line for line in done.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 2, done.stdout
+    assert any("trigger 'never_fires': not polled for 10m" in line for line in failed), failed
+    assert any("'broken': not polled" in line and "never polled" in line for line in failed)
+    assert not any("always_fires" in line for line in failed)
+    report = json.loads(cli("check", "--json").stdout)
+    assert sorted(p["trigger"] for p in report["problems"]) == ["broken", "never_fires"]
+    assert report["unhealthy_after_intervals"] == 3
+
+
+def test_metrics_serves_the_sums_to_prometheus(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert cli("list").returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
+    env.update(CLI_DATABASE_URL=cli.url,
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "cliapp"), str(REPO)]))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "cli_proj", "cloaca", "metrics", "--port", "0"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "/metrics" in line, line + (server.stderr.read() if server.poll() is not None else "")
+        url = line.split()[5]
+        now = datetime.now(timezone.utc)
+        _counted(cli.url, "host-a:1:aa", "never_fires", now, skips=3, fires=0)
+        _counted(cli.url, "host-b:2:bb", "never_fires", now, skips=4, fires=1)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+        }
+        assert samples[("cloaca_store_up", ())] == 1.0
+        labels = (("outcome", "skipped"), ("trigger", "never_fires"))
+        assert samples[("cloaca_trigger_polls_total", labels)] == 7.0
+        fired = (("outcome", "fired"), ("trigger", "never_fires"))
+        assert samples[("cloaca_trigger_polls_total", fired)] == 1.0
+        assert samples[("cloaca_trigger_poll_duration_seconds_count", (("trigger", "never_fires"),))] == 8.0
+        assert samples[("cloaca_trigger_fire_latency_seconds_count", (("trigger", "never_fires"),))] == 1.0
+        assert samples[("cloaca_trigger_unhealthy", (("trigger", "never_fires"),))] == 0.0
+        assert ("cloaca_trigger_polls_total", (("outcome", "skipped"), ("trigger", "broken"))) in samples
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    missing = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "cli_proj", "cloaca", "metrics", "--port", "70000"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert missing.returncode == EX_USAGE

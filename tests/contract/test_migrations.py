@@ -22,14 +22,18 @@ from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, Held, NewExecution, PendingFire, TriggerSpec, claim_key
 from tests.contract.conftest import Backend
 
-CLOACA_TABLES = {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending"}
+CLOACA_TABLES = {
+    "cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending",
+    "cloaca_health",
+}
 TABLES_AT = {
     "0001": {"cloaca_schedules"},
     "0002": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0003": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0004": {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"},
-    "0005": CLOACA_TABLES,
-    "0006": CLOACA_TABLES,
+    "0005": CLOACA_TABLES - {"cloaca_health"},
+    "0006": CLOACA_TABLES - {"cloaca_health"},
+    "0007": CLOACA_TABLES,
 }
 
 
@@ -51,8 +55,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0006() -> None:
-    assert head_revision() == "0006"
+def test_head_is_0007() -> None:
+    assert head_revision() == "0007"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -16,6 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from cloaca_celery.context import context_hash
+from cloaca_celery.counters import HealthCounter, HealthCounts
 from cloaca_celery.store import PAUSE_FIELDS, NewExecution, TriggerSpec
 from django_cloaca.admin import TriggerFilter, WorkflowFilter
 from django_cloaca.models import TriggerExecution, TriggerSchedule
@@ -399,3 +401,55 @@ def test_a_bad_preview_timeout_is_named_on_the_page(
         page = _client(changer).post(url).content.decode()
     assert 'data-result="error"' in page and "INV-NOT-SEEN" not in page
     assert "the setting CLOACA_PREVIEW_TIMEOUT must be a positive number of seconds" in page
+
+
+# -- health ----------------------------------------------------------------------
+
+
+def _counted(store: DjangoStore, trigger: str, at: float, skips: int, fires: int, errors: int = 0) -> None:
+    """Write one process's health row for the minute of ``at``, as a worker's flush does."""
+    rows: list[HealthCounts] = []
+    counter = HealthCounter(lambda _, found: rows.extend(found), lambda: at, 3600.0)
+    for outcome, count in (("skipped", skips), ("fired", fires), ("error", errors)):
+        for _ in range(count):
+            counter.poll(trigger, outcome, "skip", at - 0.004, at)
+    counter.flush()
+    store.save_health(f"web-test:{trigger}:{int(at)}", rows)
+
+
+def test_the_list_marks_unhealthy_triggers_by_both_rules(superuser: User, store: DjangoStore) -> None:
+    now = time.time()
+    store.sync_triggers([TriggerSpec("ledger_watch", "ledger_sync", 60.0, False)], now, prune=False)
+    long_ago = datetime.now(timezone.utc) - timedelta(hours=3)
+    TriggerSchedule.objects.update(created_at=long_ago, updated_at=long_ago)
+    _counted(store, "invoice_watcher", now - 2, skips=3, fires=1)  # polled 2 s ago, every 5 s: ok
+    _counted(store, "ledger_watch", now - 600, skips=3, fires=0)  # every minute; last 10 minutes ago
+    TriggerSchedule.objects.filter(pk="nightly_report").update(  # polled lately, but failing
+        consecutive_errors=3, last_error="RuntimeError: report database down", last_poll_at=long_ago,
+    )
+    _counted(store, "nightly_report", now - 30, skips=0, fires=0, errors=3)
+    client = _client(superuser)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(TRIGGERS).content.decode()
+    rows = [row for row in page.split("<tr")[1:] if "cloaca-health " in row]
+    marks = {re.search(r">(\w+)</a></th>", row).group(1):  # type: ignore[union-attr]
+             re.search(r"cloaca-health cloaca-health-(\w+)", row).group(1)  # type: ignore[union-attr]
+             for row in rows}
+    assert marks == {"invoice_watcher": "ok", "ledger_watch": "unhealthy", "nightly_report": "unhealthy"}
+    assert "not polled for 10m" in page and "its last 3 polls failed" in page
+    assert len([q for q in queries.captured_queries if "cloaca_health" in q["sql"]]) == 1  # one for the page
+
+
+def test_a_triggers_page_charts_its_last_hour_and_day(superuser: User, store: DjangoStore) -> None:
+    now = time.time()
+    _counted(store, "invoice_watcher", now - 120, skips=8, fires=2)
+    _counted(store, "invoice_watcher", now - 5 * 3600, skips=40, fires=0, errors=1)
+    url = reverse("admin:django_cloaca_triggerschedule_change", args=["invoice_watcher"])
+    page = _client(superuser).get(url).content.decode()
+    assert page.count("<svg") >= 2 and "cloaca-health-chart" in page
+    hour, day = page.split("Last day", 1)
+    assert "10 polls: 8 skipped, 2 fired" in hour
+    assert "51 polls: 48 skipped, 2 fired, 0 held back, 1 failed" in day
+    bars = [int(x.split('"', 1)[0]) for x in hour.split('data-polls="')[1:]]
+    assert len(bars) >= 60 and sum(bars) == 10
+    assert "<script" not in page.split("cloaca-health-charts", 1)[1].split("</fieldset>", 1)[0]

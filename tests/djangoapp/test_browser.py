@@ -147,3 +147,81 @@ def test_log_in_disable_a_trigger_and_read_its_history(live_server: Any, store: 
     for name in ("admin-triggers", "admin-disable-note", "admin-trigger-disabled", "admin-preview",
                  "admin-history", "admin-execution"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
+
+
+def _a_day_of_counts(store: Any, trigger: str, now: float) -> None:
+    """A day of one trigger's health rows, from two worker processes, as their flushes write them
+    (the last poll a second ago): mostly skips, a fire now and then, some held back, and a bad
+    quarter of an hour every eight hours."""
+    from cloaca_celery.counters import HealthCounter, HealthCounts
+
+    start = now - now % 60 - 24 * 3600
+    for process in ("worker-1:101:aa", "worker-2:102:bb"):
+        rows: list[HealthCounts] = []
+        rows_until = 0.0
+        for minute in range(24 * 60 + 1):
+            at = min(start + minute * 60 + (7 if process.startswith("worker-1") else 37), now - 1)
+            if at <= rows_until:
+                break
+            rows_until = at
+            counter = HealthCounter(lambda _, found, into=rows: into.extend(found), lambda at=at: at, 3600.0)
+            bad = 300 <= minute % 480 < 315
+            for poll in range(6):
+                outcome = "error" if bad and poll < 2 else "fired" if (minute + poll) % 17 == 0 else (
+                    "deduplicated" if (minute + poll) % 23 == 0 else "skipped")
+                counter.poll(trigger, outcome, "skip", at - 0.003 - poll * 0.001, at)
+            if bad:
+                counter.count(trigger, at, late=2)
+            counter.latency(trigger, at - 0.04, at)
+            counter.flush()
+        store.save_health(process, rows)
+
+
+def test_the_admin_charts_a_triggers_health_and_marks_the_unhealthy(
+    live_server: Any, store: Any, tmp_path: Path,
+) -> None:
+    _need_browser()
+    from django.contrib.auth.models import User
+
+    from django_cloaca.models import TriggerSchedule
+
+    User.objects.create_superuser("ops", "ops@example.com", "correct horse battery")
+    now = datetime.now(timezone.utc)
+    _a_day_of_counts(store, "invoice_watcher", store.now())
+    TriggerSchedule.objects.filter(pk="nightly_report").update(
+        consecutive_errors=3, last_error="OperationalError: reporting database unreachable",
+        last_poll_at=now - timedelta(minutes=3))
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    shots = _shots_folder(tmp_path)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{live_server.url}/admin/login/?next=/admin/django_cloaca/triggerschedule/")
+            page.fill("#id_username", "ops")
+            page.fill("#id_password", "correct horse battery")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#result_list")
+            marks = {name: page.locator("#result_list tr", has_text=name).locator(".cloaca-health")
+                     .inner_text() for name in ("invoice_watcher", "nightly_report")}
+            assert marks == {"invoice_watcher": "ok", "nightly_report": "unhealthy"}
+            reason = page.locator("#result_list tr", has_text="nightly_report").locator(".cloaca-health")
+            assert "its last 3 polls failed" in (reason.get_attribute("title") or "")
+
+            page.locator("#result_list tr", has_text="invoice_watcher").locator("th a").click()
+            page.wait_for_selector("svg.cloaca-health-chart")
+            charts = page.locator("svg.cloaca-health-chart")
+            assert charts.count() == 2
+            hour_bars = charts.nth(0).locator("g.cloaca-bar")
+            assert hour_bars.count() == 60
+            assert sum(int(hour_bars.nth(i).get_attribute("data-polls") or 0) for i in range(60)) > 0
+            assert charts.nth(1).locator("rect[data-series=errors]").count() > 0  # the bad quarters show
+            box = charts.nth(0).bounding_box()
+            assert box is not None and box["width"] > 600 and box["height"] > 100  # drawn, not collapsed
+            page.locator(".cloaca-health-charts").screenshot(path=str(shots / "admin-health.png"))
+        finally:
+            browser.close()
+    assert (shots / "admin-health.png").stat().st_size > 10_000

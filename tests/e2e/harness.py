@@ -116,6 +116,10 @@ class CeleryProject:
         args = ["-A", self.module, "beat", "-l", "info", "-s", str(schedule), *extra]
         return self._start(name, args, env)
 
+    def command(self, name: str, *args: str) -> CeleryProcess:
+        """Another long-running ``celery -A <module> ...`` command, stopped with the rest."""
+        return self._start(name, ["-A", self.module, *args])
+
     def _start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> CeleryProcess:
         proc = CeleryProcess(name, args, {**self.env, **(env or {})}, self.workdir)
         self.processes.append(proc)

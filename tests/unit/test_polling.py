@@ -548,3 +548,31 @@ def test_a_dispatched_poll_resets_the_error_count_it_was_sent(installation: Inst
     assert slot.errors == 1
     installation.poller().poll("healed", slot, now=time.time() + 1)
     assert store.get_schedule("healed")["consecutive_errors"] == 0
+
+
+# -- health counts -----------------------------------------------------------------
+
+
+def test_polls_are_counted_in_the_process_and_written_at_a_flush(
+    installation: Installation, received: list[dict[str, Any]]
+) -> None:
+    answers = iter([False, True, True, False, "boom"])
+
+    @trigger(workflow="recorded")
+    def counted() -> Any:
+        answer = next(answers)
+        if answer == "boom":
+            raise RuntimeError("boom")
+        return TriggerResult.fire({"same": 1}) if answer else False
+
+    since = datetime.now(timezone.utc) - timedelta(minutes=1)
+    statuses = [poll(installation, "counted").status for _ in range(5)]
+    # The first fire's workflow ran (eagerly) to its end before the second fire: both fired.
+    assert statuses == ["skipped", "fired", "fired", "skipped", "error"]
+    assert installation.store.health("counted", since) == []  # counting writes nothing...
+    assert installation.health.flush() == 1  # ...until the flush
+    [row] = installation.store.health("counted", since)
+    assert (row.polls, row.skips, row.fires, row.errors, sum(row.held.values())) == (5, 2, 2, 1, 0)
+    assert row.poll_seconds.count == 5
+    assert row.latency_seconds.count == len(received) == 2
+    assert installation.store.last_polls()["counted"] == row.last_poll_at
