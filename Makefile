@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: test test-matrix lint demo bench clean screenshots
+.PHONY: test test-quick test-matrix lint demo bench clean screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "cloaca-celery needs Python 3.10 or newer (set PYTHON=python3.x)")'
@@ -22,6 +22,13 @@ test: lint
 	@echo "--- django_cloaca again, on PostgreSQL ---"
 	CLOACA_TEST_DJANGO_DB=postgresql $(BIN)/python -m pytest tests/djangoapp tests/contract -k "django or not contract" $(PYTEST_ARGS)
 	DJANGO_SETTINGS_MODULE=tests.django_project.settings $(BIN)/python -m django makemigrations --check --dry-run django_cloaca
+
+# What needs no running worker, broker or browser, in two pytest processes: the unit tests, the store
+# contract suite on SQLite, the `celery cloaca` CLI, the Django app (admin, models) and the docs pages,
+# but for the few tests marked slow (`make test` runs everything).
+test-quick: $(STAMP)
+	CLOACA_TEST_BACKENDS=sqlite $(BIN)/python -m pytest -n 2 -m "not slow" tests/unit tests/contract \
+		tests/cliapp tests/djangoapp tests/docs --ignore=tests/djangoapp/test_browser.py $(PYTEST_ARGS)
 
 # Retake the admin pictures of docs/django.md with the real-browser test (make test never writes them).
 screenshots: $(STAMP)

@@ -340,7 +340,7 @@ def page(
         ".venv/bin/python -m benchmarks.profile --mode skip   # where a worker's time goes (pyinstrument)",
         "```",
         "",
-        "The benchmark never fails the test suite: `tests/test_benchmarks.py` runs it once at the",
+        "The benchmark never fails the test suite: `tests/e2e/test_benchmarks.py` runs it once at the",
         "tiny size to keep it working, and checks that every figure is there, not that its target",
         "is met. It uses a Redis database reserved like the tests' ones and a PostgreSQL schema",
         "`cloaca_bench_<random>` of its own, dropped afterwards.",

@@ -1,10 +1,16 @@
 """The embedded default: broker, results and store in one local folder, no server.
 
-The broker is kombu's ``filesystem://`` transport with one change: a message
-file is written under a temporary name and renamed into the queue folder, so
-a consumer never picks up a file that a producer is still writing (kombu's own
-transport creates the file first and writes it after, and a consumer that
-moves it in between reads an empty message and its loop dies).
+The broker is kombu's ``filesystem://`` transport with two changes, both for
+files that kombu creates first and writes after, so that another process can
+read them empty in between:
+
+* a message file is written under a temporary name and renamed into the
+  queue folder, so a consumer never picks up a file that a producer is still
+  writing (it would read an empty message and its loop would die);
+* an exchange's table of bindings (in the control folder) is created whole
+  before kombu adds a binding to it, so two processes declaring the same
+  queue at once (a worker and beat starting together on a fresh folder)
+  never read it empty.
 """
 
 from __future__ import annotations
@@ -39,6 +45,22 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
             os.replace(partial, final)
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
+        table = self._exchange_file(exchange)
+        if not table.exists():
+            self.control_folder.mkdir(parents=True, exist_ok=True)
+            partial = table.with_name(f"partial-{uuid.uuid4().hex}.tmp")
+            try:
+                partial.write_bytes(b"[]")
+                os.link(partial, table)  # never replaces a table another process made meanwhile
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise ChannelError(f"Cannot create {table}") from exc
+            finally:
+                partial.unlink(missing_ok=True)
+        super()._queue_bind(exchange, routing_key, pattern, queue)
 
 
 class Transport(filesystem.Transport):  # type: ignore[misc]

@@ -6,9 +6,10 @@ broker. ``run_workflow`` runs a registered workflow eagerly and returns the
 final context; a failing step raises its exception. ``isolated_registries``
 forgets the triggers, workflows and steps declared inside it.
 
-It is also a pytest plugin (``pytest_plugins = ["cloaca_celery.testing"]``),
-as ``celery.contrib.pytest`` is: its fixture ``cloaca_registries`` gives a
-test registries of its own.
+It is also a pytest plugin, as ``celery.contrib.pytest`` is: installing
+cloaca-celery registers it (the ``pytest11`` entry point), or a suite names it
+in ``pytest_plugins = ["cloaca_celery.testing"]``. Its fixture
+``cloaca_registries`` gives a test registries of its own. See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ else:
 
     @pytest.fixture
     def cloaca_registries() -> Iterator[None]:
-        """The test's triggers, workflows and steps are forgotten after it (see ``isolated_registries``)."""
+        """The triggers, workflows and ``@task`` steps a test declares are forgotten after it.
+
+        Those its modules declared on import stay (see :func:`isolated_registries`).
+        Make it ``autouse`` in a ``conftest.py`` to give every test its own.
+        """
         with isolated_registries():
             yield

@@ -1,4 +1,9 @@
-"""Shared fixtures: a clean trigger/workflow/task registry for every test."""
+"""Fixtures of every suite: registries of its own for every test, a PostgreSQL schema on request.
+
+Helpers that are not fixtures live in ``tests/support/`` (finding the services,
+migrated SQLite files) and in each suite's own helper module
+(``tests/e2e/harness.py``, ``tests/faults/helpers.py``, ``tests/docs/pages.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import pytest
 from hypothesis import settings
 
 import tests.django_project.celery_app  # noqa: F401 - its triggers exist in every test, as in a project
-from cloaca_celery.testing import isolated_registries
+from tests.support.services import postgres_schema
 
 # Nothing under .hypothesis/: `make test` leaves the working tree as it found it.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "cloaca-hyp"))
@@ -31,7 +36,13 @@ def keep_current_celery_app() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def clean_registries() -> Iterator[None]:
-    """Each test starts with the registries it found and leaves them so."""
-    with isolated_registries():
-        yield
+def clean_registries(cloaca_registries: None) -> None:
+    """Each test starts with the registries it found and leaves them so (the cloaca_celery.testing
+    plugin's fixture, as docs/testing.md shows a project's suite using it)."""
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A PostgreSQL schema of the test's own, dropped afterwards (no PostgreSQL: skip, or fail in CI)."""
+    with postgres_schema() as schema:
+        yield schema

@@ -17,6 +17,7 @@ import pytest
 from cloaca_celery.counters import HealthCounter, HealthCounts
 from cloaca_celery.sqlstore import SqlStore, schedules
 from cloaca_celery.store import NewExecution
+from tests.support.sqlite import migrated_sqlite
 
 EX_USAGE, EX_UNAVAILABLE = 64, 69
 
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    url = migrated_sqlite(tmp_path / "cli.db")  # each command need not migrate a fresh file first
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}
     env.update(CLI_DATABASE_URL=url, PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "cliapp"), str(REPO)]))
 

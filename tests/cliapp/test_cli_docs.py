@@ -21,6 +21,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from cloaca_celery.counters import HealthCounter, HealthCounts
 from cloaca_celery.sqlstore import SqlStore, schedules
 from cloaca_celery.store import NewExecution
@@ -109,6 +111,7 @@ def counted_polls() -> list[HealthCounts]:
     return rows
 
 
+@pytest.mark.slow  # a celery command per block of the page
 def test_every_command_shown_in_the_cli_page_prints_what_the_page_shows(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DJANGO_"))}

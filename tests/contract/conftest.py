@@ -16,6 +16,7 @@ runs as an ordinary test on the others.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,11 +28,22 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.services import MARIADB_URL, POSTGRES_URL, need_mariadb, need_postgres
+from tests.support.services import MARIADB_URL, POSTGRES_URL, need_mariadb, postgres_schema
+from tests.support.sqlite import migrated_sqlite
 
-BACKENDS = ("sqlite", "postgresql", "mariadb", "django")
+ALL_BACKENDS = ("sqlite", "postgresql", "mariadb", "django")
+BACKENDS = tuple(
+    name.strip() for name in os.environ.get("CLOACA_TEST_BACKENDS", ",".join(ALL_BACKENDS)).split(",")
+    if name.strip()
+)
 """``django`` is django_cloaca's ORM store on the Django test database (SQLite, or
-PostgreSQL with CLOACA_TEST_DJANGO_DB=postgresql)."""
+PostgreSQL with CLOACA_TEST_DJANGO_DB=postgresql). ``CLOACA_TEST_BACKENDS=sqlite``
+(what ``make test-quick`` sets) runs the suite on fewer of them."""
+if not BACKENDS or set(BACKENDS) - set(ALL_BACKENDS):
+    raise pytest.UsageError(
+        f"CLOACA_TEST_BACKENDS={os.environ.get('CLOACA_TEST_BACKENDS')!r}: "
+        f"name some of {', '.join(ALL_BACKENDS)}, separated by commas"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -120,19 +132,12 @@ def _sqlite_backend(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _postgresql_backend() -> Iterator[Backend]:
-    need_postgres()
-    schema = new_name()
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    backend = Backend("postgresql", POSTGRES_URL, {"options": f"-csearch_path={schema}"})
-    try:
-        yield backend
-    finally:
-        backend.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as schema:
+        backend = Backend("postgresql", POSTGRES_URL, {"options": f"-csearch_path={schema}"})
+        try:
+            yield backend
+        finally:
+            backend.dispose()
 
 
 def _mariadb_backend() -> Iterator[Backend]:
@@ -172,6 +177,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 @pytest.fixture
 def store(backend: Backend) -> SqlStore:
     """A ``SqlStore`` with its schema in place (disposed with ``backend``)."""
+    if backend.name == "sqlite":
+        migrated_sqlite(Path(backend.url.removeprefix("sqlite:///")))
     sql_store = backend.store()
     sql_store.ensure_schema()
     return sql_store
@@ -181,19 +188,3 @@ def store(backend: Backend) -> SqlStore:
 def mariadb_backend() -> Iterator[Backend]:
     """An empty MariaDB database of its own, for MariaDB-only tests."""
     yield from _mariadb_backend()
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A PostgreSQL schema of its own, for tests that build their own URL."""
-    need_postgres()
-    schema = new_name()
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()

@@ -21,7 +21,7 @@ import cloaca_celery
 from cloaca_celery import Context, DefaultRunner, TriggerResult, WorkflowBuilder
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import NewExecution, TriggerSpec
-from tests.services import POSTGRES_URL
+from tests.support.services import POSTGRES_URL
 
 UTC = timezone.utc
 

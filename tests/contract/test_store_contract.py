@@ -35,7 +35,7 @@ from cloaca_celery.store import (
     TriggerSpec,
 )
 from tests.contract.conftest import Backend, new_name
-from tests.services import MARIADB_URL, POSTGRES_URL, need_mariadb
+from tests.support.services import MARIADB_URL, POSTGRES_URL, need_mariadb
 
 T0 = 1_764_331_234.5  # 2025-11-28T12:00:34.5Z
 D0 = datetime(2025, 11, 28, 12, 0, 34, tzinfo=timezone.utc)

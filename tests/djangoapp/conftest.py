@@ -63,7 +63,7 @@ def _database_service() -> None:
     """With CLOACA_TEST_DJANGO_DB=postgresql, PostgreSQL must answer (fail in CI, skip on a laptop)."""
     import os
 
-    from tests.services import need_postgres
+    from tests.support.services import need_postgres
 
     if os.environ.get("CLOACA_TEST_DJANGO_DB") == "postgresql":
         need_postgres()

@@ -22,6 +22,7 @@ from cloaca_celery.store import PAUSE_FIELDS, NewExecution, TriggerSpec
 from django_cloaca.admin import TriggerFilter, WorkflowFilter
 from django_cloaca.models import TriggerExecution, TriggerSchedule
 from django_cloaca.store import DjangoStore
+from tests.djangoapp.admin_forms import enabled_toggle_post
 
 pytestmark = pytest.mark.django_db
 
@@ -137,15 +138,7 @@ def test_enable_and_disable_actions_need_change_permission_and_write_the_row(
 def test_the_editable_toggle_writes_only_enabled(superuser: User, store: DjangoStore) -> None:
     TriggerSchedule.objects.filter(pk="invoice_watcher").update(state={"cursor": 41}, consecutive_errors=2)
     client = _client(superuser)
-    rows = list(TriggerSchedule.objects.order_by("trigger_name").values_list("pk", "enabled"))
-    data: dict[str, Any] = {
-        "form-TOTAL_FORMS": str(len(rows)), "form-INITIAL_FORMS": str(len(rows)),
-        "form-MIN_NUM_FORMS": "0", "form-MAX_NUM_FORMS": "1000", "_save": "Save",
-    }
-    for i, (name, enabled) in enumerate(rows):
-        data[f"form-{i}-trigger_name"] = name
-        if enabled and name != "invoice_watcher":
-            data[f"form-{i}-enabled"] = "on"
+    data = enabled_toggle_post(lambda name, enabled: enabled and name != "invoice_watcher")
     # Meanwhile a poll writes the row: the admin's save must not overwrite it.
     TriggerSchedule.objects.filter(pk="invoice_watcher").update(state={"cursor": 42})
     response = client.post(TRIGGERS, data, follow=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import services_required
+from tests.support.services import services_required
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS_IMG = REPO / "docs" / "img"

@@ -82,6 +82,7 @@ def test_w004_preview_needs_a_result_backend() -> None:
         app.conf.result_backend, app.conf.task_always_eager = saved
 
 
+@pytest.mark.slow  # runs manage.py
 def test_manage_py_check_prints_them_with_their_ids(tmp_path: Path) -> None:
     """The test project passes; the same project with a deferred-transaction SQLite gets W001."""
     (tmp_path / "deferred_settings.py").write_text(

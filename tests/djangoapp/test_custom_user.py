@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # a Django test run of its own, in a subprocess
 def test_the_admin_with_a_custom_user_model(tmp_path: Path) -> None:
     skip = ("DJANGO_SETTINGS_MODULE", "CLOACA_TEST_DJANGO_DIR")
     env = {k: v for k, v in os.environ.items() if k not in skip}

@@ -1,4 +1,8 @@
-"""Fixtures for end-to-end tests: a Redis database per test and a process launcher."""
+"""Fixtures for end-to-end tests: a Redis database per test, a process launcher, the test's store.
+
+The helpers they use and tests call (``app_env``, ``records``, ``history``,
+``wait_until``...) are in ``tests/e2e/harness.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject
-from tests.services import REDIS_HOST, REDIS_PORT, need_redis
+from tests.support.services import REDIS_HOST, REDIS_PORT, need_redis
 
 LOCK_TTL = 900
 
@@ -77,3 +82,17 @@ def launch(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[
     yield make
     for project in projects:
         project.stop_all()
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    """The URL of the test's SQLite store file (the processes create its tables when they start)."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+def runner(store_url: str) -> Iterator[DefaultRunner]:
+    """A ``DefaultRunner`` on the store the processes share (what an operator's script uses)."""
+    runner = DefaultRunner(store_url)
+    yield runner
+    runner.store.close()

@@ -1,14 +1,17 @@
-"""Real ``celery worker`` / ``celery beat`` subprocesses for end-to-end tests.
+"""Real ``celery worker`` / ``celery beat`` subprocesses for end-to-end tests, and what tests read back.
 
 Each process is started in its own session and stopped by its process group
 id (never by name): SIGTERM, then SIGKILL if it has not exited in time. The
 app modules live in ``tests/e2e/apps`` and read their broker, store and
-trigger selection from ``E2E_*`` environment variables.
+trigger selection from ``E2E_*`` environment variables (:func:`app_env`).
+The fixtures that use all this (``redis_url``, ``launch``, ``store_url``,
+``runner``) are in ``tests/e2e/conftest.py``; the fault suite reuses both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +21,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from cloaca_celery import DefaultRunner
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = Path(__file__).resolve().parent / "apps"
@@ -141,3 +146,34 @@ def wait_until(
             logs = project.logs() if project is not None else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
         time.sleep(0.05)
+
+
+def app_env(redis_url: str, store_url: str, triggers: str | None = None, **extra: str) -> dict[str, str]:
+    """The ``E2E_*`` variables of an app of ``tests/e2e/apps``: its Redis, store and triggers to load."""
+    env = {"E2E_REDIS_URL": redis_url, "E2E_DATABASE_URL": store_url, **extra}
+    if triggers is not None:
+        env["E2E_TRIGGERS"] = triggers
+    return env
+
+
+def records(client: Any, key: str) -> list[dict[str, Any]]:
+    """The JSON records an app's steps or triggers pushed onto the Redis list ``key``, in order."""
+    return [json.loads(x) for x in client.lrange(key, 0, -1)]
+
+
+def history(runner: DefaultRunner, trigger: str) -> list[dict[str, Any]]:
+    """The trigger's executions, newest first; none before a worker has created its schedule row."""
+    try:
+        return runner.get_trigger_execution_history(trigger)
+    except KeyError:
+        return []
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` spans open at one instant (touching ends do not overlap)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    most = current = 0
+    for _, delta in events:
+        current += delta
+        most = max(most, current)
+    return most

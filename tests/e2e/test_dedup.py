@@ -8,59 +8,20 @@ with ``allow_concurrent=True`` the executions overlap.
 from __future__ import annotations
 
 import itertools
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloaca_celery import DefaultRunner
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, app_env, history, max_overlap, records, wait_until
 from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 MODULE = "e2e_history"
 ALL_QUEUES = "celery,e2e.steps"
-
-
-def _env(redis_url: str, tmp_path: Path, triggers: str, **extra: str) -> dict[str, str]:
-    return {
-        "E2E_REDIS_URL": redis_url,
-        "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-        "E2E_TRIGGERS": triggers,
-        **extra,
-    }
-
-
-def _records(client: Any, key: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(key, 0, -1)]
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[DefaultRunner]:
-    runner = DefaultRunner(f"sqlite:///{tmp_path / 'store.db'}")
-    yield runner
-    runner.store.close()
-
-
-def _history(runner: DefaultRunner, name: str) -> list[dict[str, Any]]:
-    try:
-        return runner.get_trigger_execution_history(name)
-    except KeyError:  # no worker has created the schedule row yet
-        return []
-
-
-def _max_overlap(spans: list[tuple[float, float]]) -> int:
-    """The largest number of ``(start, end)`` spans open at one instant."""
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    most = current = 0
-    for _, delta in events:
-        current += delta
-        most = max(most, current)
-    return most
 
 
 # ``started_at`` is stamped when the poll decides to fire, a moment (building the canvas)
@@ -89,18 +50,18 @@ def _assert_serial_steps(steps: list[dict[str, Any]]) -> None:
 
 def _active_watch(runner: DefaultRunner, name: str, seen: list[int]) -> Callable[[], int]:
     def active() -> int:
-        count = sum(r["status"] in ("queued", "running") for r in _history(runner, name))
+        count = sum(r["status"] in ("queued", "running") for r in history(runner, name))
         seen.append(count)
         return count
     return active
 
 
 def test_non_concurrent_trigger_never_runs_one_context_twice_at_once(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "dedup_serial"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", "celery", concurrency=2, name="poller")
     project.worker("-Q", "e2e.steps", concurrency=4, name="stepper")  # room for 4 steps at once
     project.beat()
@@ -109,18 +70,18 @@ def test_non_concurrent_trigger_never_runs_one_context_twice_at_once(
 
     seen: list[int] = []
     active = _active_watch(runner, name, seen)
-    wait_until(lambda: (active(), len(_records(redis_client, f"steps:{name}")) >= 3)[1], 30,
+    wait_until(lambda: (active(), len(records(redis_client, f"steps:{name}")) >= 3)[1], 30,
                "three finished steps", project)
     redis_client.delete(f"go:{name}")
     wait_for_polls_to_end(redis_client, name, project)  # a poll that read go: may fire after the delete
     wait_until(lambda: active() == 0, 15, "the last execution to end", project)
 
     assert max(seen) == 1, "two executions of one context were active at once"
-    rows = _history(runner, name)
+    rows = history(runner, name)
     assert len(rows) >= 3 and {r["status"] for r in rows} == {"succeeded"}, rows
     assert len({r["context_hash"] for r in rows}) == 1
     _assert_serial_rows(rows)
-    steps = _records(redis_client, f"steps:{name}")
+    steps = records(redis_client, f"steps:{name}")
     assert len(steps) == len(rows)
     _assert_serial_steps(steps)
     schedule = runner.get_trigger_schedule(name)
@@ -129,38 +90,38 @@ def test_non_concurrent_trigger_never_runs_one_context_twice_at_once(
 
 
 def test_concurrent_trigger_runs_the_same_context_several_times_at_once(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "dedup_parallel"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", "celery", concurrency=2, name="poller")
     project.worker("-Q", "e2e.steps", concurrency=6, name="stepper")
     project.beat()
     redis_client.set(f"sleep:{name}", 2)
     redis_client.set(f"go:{name}", 1)
 
-    wait_until(lambda: len(_records(redis_client, f"steps:{name}")) >= 6, 30, "six finished steps", project)
+    wait_until(lambda: len(records(redis_client, f"steps:{name}")) >= 6, 30, "six finished steps", project)
     redis_client.delete(f"go:{name}")
     wait_for_polls_to_end(redis_client, name, project)
-    wait_until(lambda: all(r["status"] == "succeeded" for r in _history(runner, name)), 15,
+    wait_until(lambda: all(r["status"] == "succeeded" for r in history(runner, name)), 15,
                "every execution to end", project)
-    rows = _history(runner, name)
+    rows = history(runner, name)
     assert len({r["context_hash"] for r in rows}) == 1
-    steps = _records(redis_client, f"steps:{name}")
-    assert _max_overlap([(s["start"], s["end"]) for s in steps]) >= 3, steps
+    steps = records(redis_client, f"steps:{name}")
+    assert max_overlap([(s["start"], s["end"]) for s in steps]) >= 3, steps
     row_spans = [(r["started_at"].timestamp(), r["completed_at"].timestamp()) for r in rows]
-    assert _max_overlap(row_spans) >= 3
+    assert max_overlap(row_spans) >= 3
     assert runner.get_trigger_schedule(name)["dedup_count"] == 0
 
 
 def test_two_beats_and_two_workers_neither_double_polls_nor_overlap_executions(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "dedup_multi"
     interval = 0.5
-    project = launch(MODULE, **_env(redis_url, tmp_path, name, E2E_DISPATCH_INTERVAL="100ms"))
+    project = launch(MODULE, **app_env(redis_url, store_url, name, E2E_DISPATCH_INTERVAL="100ms"))
     workers = [project.worker("-Q", ALL_QUEUES, concurrency=4, name=f"w{i}") for i in (1, 2)]
     # DEBUG, so each beat's log shows the dispatch ticks it sent.
     beats = [project.beat("-l", "debug", name=f"beat{i}") for i in (1, 2)]
@@ -170,7 +131,7 @@ def test_two_beats_and_two_workers_neither_double_polls_nor_overlap_executions(
     redis_client.set(f"go:{name}", 1)
 
     def polls() -> list[dict[str, Any]]:
-        return _records(redis_client, f"polls:{name}")
+        return records(redis_client, f"polls:{name}")
 
     wait_until(lambda: len(polls()) >= 4, 30, "polling to start", project)
     start = polls()[2]["t"]  # the first polls pay for the pools' start-up
@@ -196,12 +157,12 @@ def test_two_beats_and_two_workers_neither_double_polls_nor_overlap_executions(
         assert "Sending due task cloaca.dispatch" in beat.log(), beat.log()[-2000:]
 
     assert max(seen) == 1, "two executions of one context were active at once"
-    rows = _history(runner, name)
+    rows = history(runner, name)
     assert len(rows) >= 4 and {r["status"] for r in rows} == {"succeeded"}, rows
     _assert_serial_rows(rows)
-    steps = _records(redis_client, f"steps:{name}")
+    steps = records(redis_client, f"steps:{name}")
     assert len(steps) == len(rows)
     _assert_serial_steps(steps)
-    starts = {s["execution_id"]: s for s in _records(redis_client, f"started:{name}")}
+    starts = {s["execution_id"]: s for s in records(redis_client, f"started:{name}")}
     assert {s["ppid"] for s in starts.values()} <= pids
     assert runner.get_trigger_schedule(name)["dedup_count"] >= len(rows)

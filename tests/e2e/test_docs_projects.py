@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.docs_pages import REPO, commands, write_project
+from tests.docs.pages import REPO, commands, write_project
 from tests.e2e.harness import CeleryProcess, wait_until
 
 pytestmark = [pytest.mark.e2e]

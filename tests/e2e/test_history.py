@@ -7,51 +7,21 @@ claim, and switching a trigger off and on takes effect without a restart.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from celery import Celery
 
 from cloaca_celery import DefaultRunner
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, app_env, history, records, wait_until
 from tests.e2e.poll_reports import assert_one_poll_per_slot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 MODULE = "e2e_history"
 ALL_QUEUES = "celery,e2e.steps"
-
-
-def _env(redis_url: str, tmp_path: Path, triggers: str, **extra: str) -> dict[str, str]:
-    return {
-        "E2E_REDIS_URL": redis_url,
-        "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-        "E2E_TRIGGERS": triggers,
-        **extra,
-    }
-
-
-def _records(client: Any, key: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(key, 0, -1)]
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[DefaultRunner]:
-    """A ``DefaultRunner`` on the store the processes share (what an operator's script uses)."""
-    runner = DefaultRunner(f"sqlite:///{tmp_path / 'store.db'}")
-    yield runner
-    runner.store.close()
-
-
-def _history(runner: DefaultRunner, name: str) -> list[dict[str, Any]]:
-    try:
-        return runner.get_trigger_execution_history(name)
-    except KeyError:  # no worker has created the schedule row yet
-        return []
 
 
 def _wait_ready(project: CeleryProject) -> None:
@@ -61,20 +31,20 @@ def _wait_ready(project: CeleryProject) -> None:
 
 
 def test_fire_writes_one_row_that_goes_queued_running_succeeded_and_skips_write_none(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "hist_inbox"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", "celery", concurrency=2, name="poller")  # no worker for the steps yet
     project.beat()
     wait_until(lambda: redis_client.llen(f"polls:{name}") >= 25, 30, "25 skipping polls", project)
-    assert _history(runner, name) == []
+    assert history(runner, name) == []
     assert runner.get_trigger_schedule(name)["last_fire_at"] is None
 
     redis_client.set(f"hold:{name}", 1)
     redis_client.rpush(f"inbox:{name}", "a1")
-    rows = wait_until(lambda: _history(runner, name), 15, "the execution row", project)
+    rows = wait_until(lambda: history(runner, name), 15, "the execution row", project)
     assert len(rows) == 1
     row = rows[0]
     # Nothing consumes the steps queue: the row must still be queued.
@@ -86,7 +56,7 @@ def test_fire_writes_one_row_that_goes_queued_running_succeeded_and_skips_write_
 
     project.worker("-Q", "e2e.steps", concurrency=1, name="stepper")
     running = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["status"] == "running"), None),
+        lambda: next((r for r in history(runner, name) if r["status"] == "running"), None),
         30, "the row to turn running", project,
     )
     assert running["execution_id"] == row["execution_id"]
@@ -94,7 +64,7 @@ def test_fire_writes_one_row_that_goes_queued_running_succeeded_and_skips_write_
 
     redis_client.delete(f"hold:{name}")
     done = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["status"] == "succeeded"), None),
+        lambda: next((r for r in history(runner, name) if r["status"] == "succeeded"), None),
         15, "the row to turn succeeded", project,
     )
     assert done["execution_id"] == row["execution_id"]
@@ -105,16 +75,16 @@ def test_fire_writes_one_row_that_goes_queued_running_succeeded_and_skips_write_
     # More skipping polls add nothing.
     polls = redis_client.llen(f"polls:{name}")
     wait_until(lambda: redis_client.llen(f"polls:{name}") >= polls + 10, 15, "10 more polls", project)
-    assert [r["execution_id"] for r in _history(runner, name)] == [row["execution_id"]]
-    assert _records(redis_client, f"steps:{name}")[0]["execution_id"] == row["execution_id"]
+    assert [r["execution_id"] for r in history(runner, name)] == [row["execution_id"]]
+    assert records(redis_client, f"steps:{name}")[0]["execution_id"] == row["execution_id"]
 
 
 def test_failing_step_ends_failed_with_its_error_and_releases_the_claim(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "hist_fail"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", ALL_QUEUES, concurrency=4)
     project.beat()
     _wait_ready(project)
@@ -122,7 +92,7 @@ def test_failing_step_ends_failed_with_its_error_and_releases_the_claim(
     redis_client.set(f"go:{name}", 1)  # the same context on every poll
 
     failed = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["status"] == "failed"), None),
+        lambda: next((r for r in history(runner, name) if r["status"] == "failed"), None),
         30, "a failed execution", project,
     )
     assert "RuntimeError: step exploded: disk on fire" in (failed["error"] or ""), failed
@@ -130,13 +100,13 @@ def test_failing_step_ends_failed_with_its_error_and_releases_the_claim(
 
     # The claim was released by the failure: the same context fires again and succeeds.
     succeeded = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["status"] == "succeeded"), None),
+        lambda: next((r for r in history(runner, name) if r["status"] == "succeeded"), None),
         30, "a second execution of the same context", project,
     )
     redis_client.delete(f"go:{name}")
     assert succeeded["context_hash"] == failed["context_hash"]
     assert succeeded["running_at"] >= failed["completed_at"]
-    rows = _history(runner, name)
+    rows = history(runner, name)
     assert rows[-1]["execution_id"] == failed["execution_id"]  # the oldest row is the failed one
     assert [r["status"] for r in rows].count("failed") == 1
     log = project.logs()
@@ -144,11 +114,11 @@ def test_failing_step_ends_failed_with_its_error_and_releases_the_claim(
 
 
 def test_revoked_step_ends_revoked_and_releases_the_claim(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "hist_revoke"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", "celery", concurrency=2, name="poller")
     stepper = project.worker("-Q", "e2e.steps", concurrency=1, name="stepper")
     project.beat()
@@ -160,7 +130,7 @@ def test_revoked_step_ends_revoked_and_releases_the_claim(
         client.send_task("e2e_history.block", queue="e2e.steps")
         wait_until(lambda: redis_client.llen("block:started"), 20, "the blocking task to start", project)
         redis_client.set(f"go:{name}", 1)
-        first = wait_until(lambda: _history(runner, name), 20, "the first execution row", project)[0]
+        first = wait_until(lambda: history(runner, name), 20, "the first execution row", project)[0]
         assert first["status"] == "queued"
         first_task = f"{first['execution_id']}-1"
         client.control.revoke(first_task)
@@ -168,7 +138,7 @@ def test_revoked_step_ends_revoked_and_releases_the_claim(
         redis_client.delete("hold:block")
 
         revoked = wait_until(
-            lambda: next((r for r in _history(runner, name)
+            lambda: next((r for r in history(runner, name)
                           if r["execution_id"] == first["execution_id"] and r["status"] == "revoked"), None),
             20, "the revoked execution to end revoked", project,
         )
@@ -176,13 +146,13 @@ def test_revoked_step_ends_revoked_and_releases_the_claim(
         assert revoked["completed_at"] is not None and revoked["running_at"] is None
         # The claim is gone: the same context fires again, and this time it runs.
         again = wait_until(
-            lambda: next((r for r in _history(runner, name) if r["status"] == "succeeded"), None),
+            lambda: next((r for r in history(runner, name) if r["status"] == "succeeded"), None),
             30, "a new execution of the same context", project,
         )
         redis_client.delete(f"go:{name}")
         assert again["context_hash"] == first["context_hash"]
         assert again["execution_id"] != first["execution_id"]
-        ran = {s["execution_id"] for s in _records(redis_client, f"started:{name}")}
+        ran = {s["execution_id"] for s in records(redis_client, f"started:{name}")}
         assert first["execution_id"] not in ran, "the revoked step ran anyway"
         assert "revoked" in stepper.log().lower()
     finally:
@@ -190,16 +160,16 @@ def test_revoked_step_ends_revoked_and_releases_the_claim(
 
 
 def test_terminating_a_running_step_ends_revoked_and_releases_the_claim(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "hist_revoke"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", ALL_QUEUES, concurrency=2).wait_for_log("ready", timeout=30)
     project.beat()
     redis_client.set(f"hold:{name}", 1)  # the step waits while this key exists
     redis_client.set(f"go:{name}", 1)
-    started = wait_until(lambda: _records(redis_client, f"started:{name}"), 20, "the step to start",
+    started = wait_until(lambda: records(redis_client, f"started:{name}"), 20, "the step to start",
                          project)[0]
     client = Celery("e2e-client", broker=redis_url, backend=redis_url, set_as_current=False)
     try:
@@ -207,7 +177,7 @@ def test_terminating_a_running_step_ends_revoked_and_releases_the_claim(
     finally:
         client.close()
     revoked = wait_until(
-        lambda: next((r for r in _history(runner, name)
+        lambda: next((r for r in history(runner, name)
                       if r["execution_id"] == started["execution_id"] and r["status"] == "revoked"), None),
         15, "the terminated execution to end revoked", project,
     )
@@ -215,28 +185,28 @@ def test_terminating_a_running_step_ends_revoked_and_releases_the_claim(
     # Claim released: the same context fires again (and waits in its step like the first).
     first = started["execution_id"]
     again = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["execution_id"] != first), None),
+        lambda: next((r for r in history(runner, name) if r["execution_id"] != first), None),
         15, "a new execution of the same context", project,
     )
     redis_client.delete(f"go:{name}", f"hold:{name}")
     assert again["context_hash"] == revoked["context_hash"]
-    finished = {s["execution_id"] for s in _records(redis_client, f"steps:{name}")}
+    finished = {s["execution_id"] for s in records(redis_client, f"steps:{name}")}
     assert first not in finished, "the terminated step finished anyway"
 
 
 def test_disabling_and_enabling_a_trigger_takes_effect_without_a_restart(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "hist_toggle"
     interval = 0.2
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     worker = project.worker("-Q", ALL_QUEUES, concurrency=2)
     beat = project.beat()
     wait_until(lambda: redis_client.llen(f"polls:{name}") >= 5, 30, "5 polls", project)
 
     def polls() -> list[dict[str, Any]]:
-        return _records(redis_client, f"polls:{name}")
+        return records(redis_client, f"polls:{name}")
 
     runner.set_trigger_enabled(name, False)
     off = time.time()
@@ -260,25 +230,25 @@ def test_disabling_and_enabling_a_trigger_takes_effect_without_a_restart(
 
 
 def test_execution_history_is_newest_first(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "hist_inbox"
-    project = launch(MODULE, **_env(redis_url, tmp_path, name))
+    project = launch(MODULE, **app_env(redis_url, store_url, name))
     project.worker("-Q", ALL_QUEUES, concurrency=2)
     project.beat()
     _wait_ready(project)
     items = ["e1", "e2", "e3", "e4", "e5"]
     redis_client.rpush(f"inbox:{name}", *items)  # one fire per poll, in this order
     wait_until(
-        lambda: [r["status"] for r in _history(runner, name)] == ["succeeded"] * len(items),
+        lambda: [r["status"] for r in history(runner, name)] == ["succeeded"] * len(items),
         30, "five succeeded executions", project,
     )
-    history = runner.get_trigger_execution_history(name)
-    assert [r["context"]["item"] for r in history] == items[::-1]
-    starts = [r["started_at"] for r in history]
+    newest_first = runner.get_trigger_execution_history(name)
+    assert [r["context"]["item"] for r in newest_first] == items[::-1]
+    starts = [r["started_at"] for r in newest_first]
     assert starts == sorted(starts, reverse=True) and len(set(starts)) == len(starts)
-    assert len({r["execution_id"] for r in history}) == len(items)
+    assert len({r["execution_id"] for r in newest_first}) == len(items)
     page = runner.get_trigger_execution_history(name, limit=2, offset=1)
     assert [r["context"]["item"] for r in page] == ["e4", "e3"]
     with pytest.raises(KeyError):

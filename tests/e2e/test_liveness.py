@@ -22,14 +22,13 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloaca_celery import DefaultRunner
-from tests.e2e.harness import CeleryProject, wait_until
-from tests.services import POSTGRES_URL, need_postgres, need_service, need_tool
+from tests.e2e.harness import CeleryProject, app_env, history, records, wait_until
+from tests.support.services import need_service, need_tool, postgres_url_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -38,12 +37,11 @@ LEASE = {"E2E_HEARTBEAT_INTERVAL": "1s", "E2E_HEARTBEAT_MISSES": "2", "E2E_SWEEP
 
 
 def _env(redis_url: str, database_url: str, trigger: str, **extra: str) -> dict[str, str]:
-    return {"E2E_REDIS_URL": redis_url, "E2E_DATABASE_URL": database_url, "E2E_TRIGGERS": trigger,
-            **LEASE, **extra}
+    return app_env(redis_url, database_url, trigger, **{**LEASE, **extra})
 
 
 def marks(client: Any, trigger: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(f"marks:{trigger}", 0, -1)]
+    return records(client, f"marks:{trigger}")
 
 
 def spans(found: list[dict[str, Any]], killed_at: float | None = None) -> dict[str, tuple[float, float]]:
@@ -68,25 +66,6 @@ def assert_never_overlapped(found: list[dict[str, Any]], killed_at: float | None
         assert second_start >= first_end, (
             f"execution {second} started at {second_start:.3f} while {first} ran until {first_end:.3f}"
         )
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
-@pytest.fixture
-def runner(store_url: str) -> Iterator[DefaultRunner]:
-    runner = DefaultRunner(store_url)
-    yield runner
-    runner.store.close()
-
-
-def history(runner: DefaultRunner, trigger: str) -> list[dict[str, Any]]:
-    try:
-        return runner.get_trigger_execution_history(trigger)
-    except KeyError:
-        return []
 
 
 def stop_firing(client: Any, trigger: str, runner: DefaultRunner, project: CeleryProject) -> None:
@@ -271,21 +250,9 @@ def test_a_killed_workers_execution_ends_lost_and_its_context_fires_again_on_rab
 
 
 @pytest.fixture
-def pg_store_url() -> Iterator[str]:
+def pg_store_url(pg_schema: str) -> str:
     """A PostgreSQL schema of the test's own (the store's clock is the server's, not a faked one)."""
-    need_postgres()
-    from sqlalchemy import create_engine, text
-
-    schema = f"cloaca_live_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+    return postgres_url_in(pg_schema)
 
 
 def _faketime(offset: str) -> dict[str, str]:

@@ -11,37 +11,19 @@ ever overlap. Each test draws its run as the picture of ``docs/overlap.md``
 from __future__ import annotations
 
 import itertools
-import json
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from cloaca_celery import DefaultRunner
-from tests.e2e.harness import REPO, CeleryProject, wait_until
+from tests.e2e.harness import REPO, CeleryProject, records, wait_until
 from tests.e2e.timeline import spans, svg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 MODULE = "e2e_overlap"
-
-
-@pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store.db'}"
-
-
-@pytest.fixture
-def runner(store_url: str) -> Iterator[DefaultRunner]:
-    runner = DefaultRunner(store_url)
-    yield runner
-    runner.store.close()
-
-
-def _records(client: Any, key: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(key, 0, -1)]
 
 
 def _alive(client: Any, marks: list[dict[str, Any]]) -> dict[str, float]:
@@ -54,7 +36,7 @@ def _alive(client: Any, marks: list[dict[str, Any]]) -> dict[str, float]:
 def _runs(client: Any, trigger: str) -> list[dict[str, Any]]:
     """Each execution: its ``n``, when its first step started and when its last step ended (a
     terminated step: its last sign of life)."""
-    marks = _records(client, f"marks:{trigger}")
+    marks = records(client, f"marks:{trigger}")
     runs: dict[str, dict[str, Any]] = {}
     for s in spans(marks, _alive(client, marks)):
         run = runs.setdefault(s["execution_id"], {"execution_id": s["execution_id"], "n": s["n"],
@@ -78,8 +60,8 @@ def _never_overlapped(runs: list[dict[str, Any]]) -> None:
 
 
 def _picture(policy: str, client: Any, trigger: str, caption: str) -> None:
-    fires = _records(client, f"fires:{trigger}")
-    marks = _records(client, f"marks:{trigger}")
+    fires = records(client, f"fires:{trigger}")
+    marks = records(client, f"marks:{trigger}")
     picture = svg(f'overlap="{policy}": {caption}', fires, marks, _redis_now(client), _alive(client, marks))
     assert picture.startswith("<svg") and "run of n=" in picture
     if os.environ.get("CLOACA_REFRESH_SCREENSHOTS", "") not in ("", "0"):
@@ -157,7 +139,7 @@ def test_buffer_one_keeps_the_latest_fire_and_runs_it_next(
     wait_until(twenty_fires, 60, "20 fires", project)
     redis_client.delete(f"go:{trigger}")
     most_pending = max(seen_pending)
-    last_fire = _records(redis_client, f"fires:{trigger}")[-1]["n"]
+    last_fire = records(redis_client, f"fires:{trigger}")[-1]["n"]
     rows = _settled(runner, trigger, project)
     runs = _runs(redis_client, trigger)
     _never_overlapped(runs)
@@ -165,7 +147,7 @@ def test_buffer_one_keeps_the_latest_fire_and_runs_it_next(
     assert [r["n"] for r in runs] == sorted(r["n"] for r in runs)
     assert any(b["n"] > a["n"] + 1 for a, b in itertools.pairwise(runs)), "older pending fires were replaced"
     assert runs[-1]["n"] >= last_fire - 1, "the latest fire ran last"
-    fires = {f["n"]: f["t"] for f in _records(redis_client, f"fires:{trigger}")}
+    fires = {f["n"]: f["t"] for f in records(redis_client, f"fires:{trigger}")}
     for before, after in itertools.pairwise(runs):
         # The run that started next is the newest fire made before the previous run ended.
         newer = [n for n, t in fires.items() if t < before["end"]]
@@ -181,7 +163,7 @@ def test_buffer_all_runs_pending_fires_in_order_and_drops_the_oldest_past_max_pe
 ) -> None:
     project, trigger = _start(launch, redis_url, store_url, "buffer_all", E2E_MAX_PENDING="3")
     _run_for(redis_client, trigger, project, 12)
-    fired = [f["n"] for f in _records(redis_client, f"fires:{trigger}")]
+    fired = [f["n"] for f in records(redis_client, f"fires:{trigger}")]
     rows = _settled(runner, trigger, project)
     runs = _runs(redis_client, trigger)
     _never_overlapped(runs)

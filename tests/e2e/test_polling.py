@@ -6,13 +6,12 @@ import itertools
 import json
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, app_env, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -21,19 +20,10 @@ def _times(client: Any, key: str) -> list[float]:
     return [float(x) for x in client.lrange(key, 0, -1)]
 
 
-def _env(redis_url: str, tmp_path: Path, triggers: str, **extra: str) -> dict[str, str]:
-    return {
-        "E2E_REDIS_URL": redis_url,
-        "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-        "E2E_TRIGGERS": triggers,
-        **extra,
-    }
-
-
 def test_sub_second_triggers_are_polled_about_once_per_interval(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str
 ) -> None:
-    project = launch("e2e_app", **_env(redis_url, tmp_path, "every_100ms,every_500ms"))
+    project = launch("e2e_app", **app_env(redis_url, store_url, "every_100ms,every_500ms"))
     project.worker(concurrency=4)
     project.beat()
     wait_until(lambda: len(_times(redis_client, "polls:every_500ms")) >= 16, 40, "16 polls at 500ms",
@@ -53,9 +43,9 @@ def test_sub_second_triggers_are_polled_about_once_per_interval(
 
 
 def test_a_slow_poll_never_overlaps_the_next_poll_of_the_same_trigger(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str
 ) -> None:
-    project = launch("e2e_app", **_env(redis_url, tmp_path, "slow"))
+    project = launch("e2e_app", **app_env(redis_url, store_url, "slow"))
     project.worker(concurrency=4)
     project.beat()
     wait_until(lambda: redis_client.llen("polls:slow") >= 4, 40, "4 slow polls", project)
@@ -65,10 +55,10 @@ def test_a_slow_poll_never_overlaps_the_next_poll_of_the_same_trigger(
 
 
 def test_polls_that_cannot_run_in_time_expire_instead_of_piling_up(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str
 ) -> None:
     project = launch(
-        "e2e_app", **_env(redis_url, tmp_path, "every_500ms", E2E_POLL_QUEUE="e2e.polls")
+        "e2e_app", **app_env(redis_url, store_url, "every_500ms", E2E_POLL_QUEUE="e2e.polls")
     )
     project.worker(concurrency=2, name="dispatcher")  # default queue only: dispatch, no polls
     project.beat()
@@ -87,18 +77,18 @@ def test_polls_that_cannot_run_in_time_expire_instead_of_piling_up(
 
 
 def test_errors_wrong_types_and_hangs_are_recorded_and_polling_goes_on(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str
 ) -> None:
     project = launch(
         "e2e_app",
-        **_env(redis_url, tmp_path, "raises,wrong_type,hangs", E2E_POLL_TIME_LIMIT="1s"),
+        **app_env(redis_url, store_url, "raises,wrong_type,hangs", E2E_POLL_TIME_LIMIT="1s"),
     )
     worker = project.worker(concurrency=4)
     project.beat()
     wait_until(lambda: redis_client.llen("polls:raises") >= 4, 40, "4 polls of 'raises'", project)
     wait_until(lambda: redis_client.llen("polls:wrong_type") >= 4, 40, "4 polls of 'wrong_type'", project)
     wait_until(lambda: redis_client.llen("polls:hangs") >= 3, 40, "3 polls of 'hangs'", project)
-    store = SqlStore(f"sqlite:///{tmp_path / 'store.db'}")
+    store = SqlStore(store_url)
     try:
         raises = store.get_schedule("raises")
         wrong = store.get_schedule("wrong_type")

@@ -9,17 +9,15 @@ A trigger's ``state`` carries its failure count across worker processes.
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from celery import Celery
 
 from cloaca_celery import DefaultRunner
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, app_env, history, records, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -27,44 +25,17 @@ MODULE = "e2e_history"
 ALL_QUEUES = "celery,e2e.steps"
 
 
-def _env(redis_url: str, tmp_path: Path, triggers: str, **extra: str) -> dict[str, str]:
-    return {
-        "E2E_REDIS_URL": redis_url,
-        "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 'store.db'}",
-        "E2E_TRIGGERS": triggers,
-        **extra,
-    }
-
-
-def _records(client: Any, key: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(key, 0, -1)]
-
-
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[DefaultRunner]:
-    runner = DefaultRunner(f"sqlite:///{tmp_path / 'store.db'}")
-    yield runner
-    runner.store.close()
-
-
-def _history(runner: DefaultRunner, name: str) -> list[dict[str, Any]]:
-    try:
-        return runner.get_trigger_execution_history(name)
-    except KeyError:  # no worker has created the schedule row yet
-        return []
-
-
 def _row(runner: DefaultRunner, name: str, execution_id: str) -> dict[str, Any]:
-    return next(r for r in _history(runner, name) if r["execution_id"] == execution_id)
+    return next(r for r in history(runner, name) if r["execution_id"] == execution_id)
 
 
 def test_execution_on_a_killed_worker_ends_lost_and_its_context_fires_again(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "recover"
-    project = launch(MODULE, **_env(
-        redis_url, tmp_path, name,
+    project = launch(MODULE, **app_env(
+        redis_url, store_url, name,
         E2E_HEARTBEAT_INTERVAL="1s", E2E_HEARTBEAT_MISSES="2", E2E_SWEEP_INTERVAL="1s",
         # A poll killed with its worker holds the trigger's poll lease until it expires
         # (time limit + 10 s); keep that short so the test's bound covers the worst case.
@@ -78,7 +49,7 @@ def test_execution_on_a_killed_worker_ends_lost_and_its_context_fires_again(
     redis_client.set(f"sleep_once:{name}", 30)  # the first run hangs in its step, later runs are quick
     redis_client.set(f"go:{name}", 1)  # the same context on every poll
 
-    first = wait_until(lambda: _records(redis_client, f"started:{name}"), 20, "the step to start",
+    first = wait_until(lambda: records(redis_client, f"started:{name}"), 20, "the step to start",
                        project)[0]
     victim = workers[first["ppid"]]
     survivor = next(w for pid, w in workers.items() if pid != first["ppid"])
@@ -97,28 +68,28 @@ def test_execution_on_a_killed_worker_ends_lost_and_its_context_fires_again(
     assert ended_after < 15, f"ended {ended_after:.1f}s after the kill"
 
     again = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["status"] == "succeeded"), None),
+        lambda: next((r for r in history(runner, name) if r["status"] == "succeeded"), None),
         20, "the same context to fire again and succeed", project,
     )
     redis_client.delete(f"go:{name}")
     assert again["context_hash"] == lost["context_hash"]
     assert again["started_at"] >= lost["completed_at"]
-    ran = {s["execution_id"]: s for s in _records(redis_client, f"started:{name}")}
+    ran = {s["execution_id"]: s for s in records(redis_client, f"started:{name}")}
     assert ran[again["execution_id"]]["ppid"] == survivor.pid
     assert survivor.running()
     assert f"execution {first['execution_id']} of workflow 'job' marked lost by the sweep" in survivor.log()
-    assert [r["execution_id"] for r in _history(runner, name)][-1] == first["execution_id"]
+    assert [r["execution_id"] for r in history(runner, name)][-1] == first["execution_id"]
 
 
 def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_under_its_name(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "recover"
     # A lease long enough for the crashed worker to be back before it runs out: the
     # crash-and-restart case, not the crash-and-gone case of the test above.
-    project = launch(MODULE, **_env(
-        redis_url, tmp_path, name, E2E_HEARTBEAT_INTERVAL="2s", E2E_HEARTBEAT_MISSES="5",
+    project = launch(MODULE, **app_env(
+        redis_url, store_url, name, E2E_HEARTBEAT_INTERVAL="2s", E2E_HEARTBEAT_MISSES="5",
         E2E_SWEEP_INTERVAL="1s", E2E_POLL_TIME_LIMIT="2s",
     ))
     # Fixed node names, as a deployment has them (celery@host); the later -n wins over the harness's.
@@ -132,7 +103,7 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
     redis_client.set(f"sleep_once:{name}", 30)
     redis_client.set(f"go:{name}", 1)
 
-    first = wait_until(lambda: _records(redis_client, f"started:{name}"), 20, "the step to start",
+    first = wait_until(lambda: records(redis_client, f"started:{name}"), 20, "the step to start",
                        project)[0]
     victim, node = nodes[first["ppid"]]
     assert first["hostname"].startswith(f"{node}@")
@@ -148,7 +119,7 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
     )
     assert lost["status"] == "lost", lost
     again = wait_until(
-        lambda: next((r for r in _history(runner, name) if r["status"] == "succeeded"), None),
+        lambda: next((r for r in history(runner, name) if r["status"] == "succeeded"), None),
         15, "the same context to fire again and succeed", project,
     )
     redis_client.delete(f"go:{name}")
@@ -156,14 +127,14 @@ def test_execution_on_a_killed_worker_ends_lost_even_if_the_worker_comes_back_un
 
 
 def test_a_step_of_an_execution_declared_lost_never_runs_when_the_broker_redelivers_it(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     name = "recover"
     # The defaults (cloaca_queued_timeout 6 h, Redis visibility_timeout 1 h) scaled down to 3 s and 10 s:
     # the first step never starts (its worker dies holding it), so the queued timeout ends it.
-    project = launch(MODULE, **_env(
-        redis_url, tmp_path, name, E2E_QUEUED_TIMEOUT="3s", E2E_SWEEP_INTERVAL="1s",
+    project = launch(MODULE, **app_env(
+        redis_url, store_url, name, E2E_QUEUED_TIMEOUT="3s", E2E_SWEEP_INTERVAL="1s",
         E2E_VISIBILITY_TIMEOUT="10",
     ))
     project.worker("-Q", "celery", concurrency=2, name="poller")
@@ -181,7 +152,7 @@ def test_a_step_of_an_execution_declared_lost_never_runs_when_the_broker_redeliv
         client.close()
     redis_client.set(f"sleep:{name}", 6)
     redis_client.set(f"go:{name}", 1)
-    first = wait_until(lambda: _history(runner, name), 20, "the first execution", project)[-1]
+    first = wait_until(lambda: history(runner, name), 20, "the first execution", project)[-1]
     stale = f"{first['execution_id']}-1"
     victim.wait_for_log(f"job_step[{stale}] received", timeout=10)
     victim.kill()  # a crash: the prefetched message is neither run nor acknowledged
@@ -193,19 +164,19 @@ def test_a_step_of_an_execution_declared_lost_never_runs_when_the_broker_redeliv
         15, "the sweep to declare the first execution lost", project,
     )
     assert lost["running_at"] is None
-    wait_until(lambda: any(r["status"] == "running" for r in _history(runner, name)), 15,
+    wait_until(lambda: any(r["status"] == "running" for r in history(runner, name)), 15,
                "a new execution of the same context", project)
 
     def stale_step_handled() -> bool:
-        started = {s["execution_id"] for s in _records(redis_client, f"started:{name}")}
+        started = {s["execution_id"] for s in records(redis_client, f"started:{name}")}
         outcome = [line for line in stepper.log().splitlines() if stale in line and "received" not in line]
         return first["execution_id"] in started or bool(outcome)
 
     wait_until(stale_step_handled, 25, "the broker to redeliver the stale step", project)
     redis_client.delete(f"go:{name}")
-    started = {s["execution_id"] for s in _records(redis_client, f"started:{name}")}
+    started = {s["execution_id"] for s in records(redis_client, f"started:{name}")}
     assert first["execution_id"] not in started, "the step of an execution declared lost ran"
-    spans = sorted((s["start"], s["end"]) for s in _records(redis_client, f"steps:{name}"))
+    spans = sorted((s["start"], s["end"]) for s in records(redis_client, f"steps:{name}"))
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two steps of one context ran at once: {spans}"
 
@@ -230,7 +201,7 @@ def _expected_health(script: list[str]) -> tuple[list[int], list[int], int]:
 
 
 def test_trigger_state_counts_failures_across_worker_processes(
-    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, tmp_path: Path,
+    launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
 ) -> None:
     fires, before, final = _expected_health(HEALTH_SCRIPT)
@@ -238,7 +209,7 @@ def test_trigger_state_counts_failures_across_worker_processes(
     redis_client.rpush("health:script", *HEALTH_SCRIPT)  # one health result per poll
     # A dispatcher tick of 200 ms (not the default twentieth of the interval) keeps the
     # recycling below from spending the pool on forks for dispatch ticks.
-    project = launch(MODULE, **_env(redis_url, tmp_path, "health", E2E_DISPATCH_INTERVAL="200ms"))
+    project = launch(MODULE, **app_env(redis_url, store_url, "health", E2E_DISPATCH_INTERVAL="200ms"))
     # Prefork hands most tasks to its first idle process; recycling each process after two
     # tasks makes the polls run in many different processes, as they may in production.
     project.worker("-Q", ALL_QUEUES, "--max-tasks-per-child", "2", concurrency=4)
@@ -249,16 +220,16 @@ def test_trigger_state_counts_failures_across_worker_processes(
     wait_until(lambda: redis_client.llen("polls:health") >= len(HEALTH_SCRIPT), 120,
                "every scripted health check", project)
     wait_until(
-        lambda: [r["status"] for r in _history(runner, "health")] == ["succeeded"] * len(fires),
+        lambda: [r["status"] for r in history(runner, "health")] == ["succeeded"] * len(fires),
         60, f"{len(fires)} recovery executions", project,
     )
-    polls = _records(redis_client, "polls:health")
+    polls = records(redis_client, "polls:health")
     assert [p["index"] for p in polls] == list(range(1, len(HEALTH_SCRIPT) + 1))
     # The count each poll found in its state is the one the previous poll left, whichever
     # process ran it: a module global would restart from 0 in every pool process.
     assert [p["before"] for p in polls] == before
     assert len({p["pid"] for p in polls}) >= len(polls) // 3, "the polls did not spread over processes"
-    rows = _history(runner, "health")
+    rows = history(runner, "health")
     assert sorted(r["context"]["poll"] for r in rows) == fires
     assert all(r["context"]["consecutive_failures"] == 3 and r["context"]["service"] == "api" for r in rows)
     # The last poll saves its state just after it reported to Redis: wait for that write.

@@ -7,22 +7,19 @@ no trigger at all is a warning that says where triggers are found.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import CeleryProject
+from tests.e2e.harness import CeleryProject, app_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 
 @pytest.mark.parametrize("role", ["worker", "beat"])
 def test_unknown_workflow_refuses_to_start(
-    role: str, launch: Callable[..., CeleryProject], redis_url: str, tmp_path: Path
+    role: str, launch: Callable[..., CeleryProject], redis_url: str, store_url: str
 ) -> None:
-    project = launch(
-        "e2e_orphan", E2E_REDIS_URL=redis_url, E2E_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}"
-    )
+    project = launch("e2e_orphan", **app_env(redis_url, store_url))
     proc = project.worker() if role == "worker" else project.beat()
     code = proc.wait_exit(timeout=60)
     log = proc.log()
@@ -32,20 +29,16 @@ def test_unknown_workflow_refuses_to_start(
     assert "ready" not in log.split("cloaca:")[0] or role == "beat"
 
 
-def _env(redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {"E2E_REDIS_URL": redis_url, "E2E_DATABASE_URL": f"sqlite:///{tmp_path / 's.db'}", **extra}
-
-
 def test_worker_and_beat_each_log_one_ready_line_after_logging_is_set_up(
-    launch: Callable[..., CeleryProject], redis_url: str, tmp_path: Path
+    launch: Callable[..., CeleryProject], redis_url: str, store_url: str
 ) -> None:
-    project = launch("e2e_app", **_env(redis_url, tmp_path, E2E_TRIGGERS="every_500ms,every_100ms"))
+    project = launch("e2e_app", **app_env(redis_url, store_url, "every_500ms,every_100ms"))
     worker = project.worker()
     beat = project.beat()
     worker.wait_for_log("ready.", timeout=60)  # Celery's own line: logging is set up by then
     worker.wait_for_log("cloaca: worker ready", timeout=30)
     beat.wait_for_log("cloaca: beat ready", timeout=60)
-    store = f"store sqlite:///{tmp_path / 's.db'}"
+    store = f"store {store_url}"
     for proc, role in ((worker, "worker"), (beat, "beat")):
         lines = [line for line in proc.log().splitlines() if "cloaca: " + role in line]
         assert len(lines) == 1, lines
@@ -54,9 +47,9 @@ def test_worker_and_beat_each_log_one_ready_line_after_logging_is_set_up(
 
 
 def test_no_triggers_is_a_warning_that_says_where_triggers_are_found(
-    launch: Callable[..., CeleryProject], redis_url: str, tmp_path: Path
+    launch: Callable[..., CeleryProject], redis_url: str, store_url: str
 ) -> None:
-    project = launch("e2e_empty", **_env(redis_url, tmp_path))
+    project = launch("e2e_empty", **app_env(redis_url, store_url))
     worker = project.worker("-B")
     worker.wait_for_log("cloaca: worker ready", timeout=60)
     worker.wait_for_log("cloaca: beat ready", timeout=60)

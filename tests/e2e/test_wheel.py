@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import cloaca_celery
-from tests.docs_pages import REPO, write_project
+from tests.docs.pages import REPO, write_project
 from tests.e2e.test_docs_projects import Reader, run_the_readme_quickstart
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]

@@ -1,8 +1,9 @@
 """Fixtures of the fault-injection suite.
 
 The e2e fixtures are re-exported (``redis_url``: a Redis database of the
-test's own; ``launch``: worker and beat processes stopped after the test).
-Added here: a SQLite store file, a PostgreSQL schema of the test's own, a
+test's own; ``launch``: worker and beat processes stopped after the test;
+``store_url``: the test's SQLite store file), and ``pg_schema`` comes from
+``tests/conftest.py``. Added here: stores on them for the test to read, a
 private ``redis-server``, a TCP proxy in front of PostgreSQL and a supervisor
 that restarts workers that exit.
 
@@ -13,50 +14,28 @@ Redis database is flushed and released, or their schema dropped.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.e2e.conftest import launch, redis_client, redis_url
+from tests.e2e.conftest import launch, redis_client, redis_url, store_url
 from tests.e2e.harness import CeleryProject
 from tests.faults.helpers import RedisServer, Supervisor, need_redis_server
 from tests.faults.proxy import TcpProxy
-from tests.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, need_postgres
+from tests.support.services import POSTGRES_HOST, POSTGRES_PORT, POSTGRES_URL, need_postgres
 
-__all__ = ["launch", "redis_client", "redis_url"]
-
-
-@pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'store.db'}"
+__all__ = ["launch", "redis_client", "redis_url", "store_url"]
 
 
 @pytest.fixture
-def sqlite_store(sqlite_url: str) -> Iterator[SqlStore]:
+def sqlite_store(store_url: str) -> Iterator[SqlStore]:
     """The test's view of the store the processes use (created by the first of them)."""
-    store = SqlStore(sqlite_url)
+    store = SqlStore(store_url)
     yield store
     store.close()
-
-
-@pytest.fixture
-def pg_schema() -> Iterator[str]:
-    """A PostgreSQL schema of the test's own, dropped afterwards."""
-    need_postgres()
-    schema = f"cloaca_f_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
-"""Helpers of the fault-injection suite: the app's environment, the store's rows, a private Redis."""
+"""Helpers of the fault-injection suite: the app's environment, the store's rows, a private Redis.
+
+What the end-to-end suite has already (``records``, ``max_overlap``, the
+process harness) is imported from ``tests/e2e/harness.py``, not copied.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -22,7 +25,7 @@ from sqlalchemy import select
 from cloaca_celery.sqlstore import SqlStore, claims
 from cloaca_celery.store import FINAL_STATUSES
 from tests.e2e.harness import REPO, CeleryProcess, CeleryProject
-from tests.services import services_required
+from tests.support.services import services_required
 
 APPS = Path(__file__).resolve().parent / "apps"
 MODULE = "faults_app"
@@ -45,10 +48,6 @@ def faults_project(
     }
     project: CeleryProject = launch(MODULE, **env)
     return project
-
-
-def records(client: Any, key: str) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in client.lrange(key, 0, -1)]
 
 
 def history(store: SqlStore, name: str) -> list[dict[str, Any]]:
@@ -79,16 +78,6 @@ def leaked_claims(store: SqlStore) -> list[dict[str, Any]]:
         if status is None or status in FINAL_STATUSES:
             leaked.append({**claim, "status": status})
     return leaked
-
-
-def max_overlap(spans: list[tuple[float, float]]) -> int:
-    """The largest number of ``(start, end)`` spans open at one instant (touching ends do not overlap)."""
-    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
-    most = current = 0
-    for _, delta in events:
-        current += delta
-        most = max(most, current)
-    return most
 
 
 def log_lines(text: str, needle: str) -> list[str]:

@@ -30,6 +30,7 @@ from django.urls import reverse
 from django_cloaca.models import TriggerExecution, TriggerSchedule
 from django_cloaca.store import DjangoStore
 from tests.django_project.celery_app import app as celery_app
+from tests.djangoapp.admin_forms import enabled_toggle_post
 from tests.djangoapp.conftest import bare_staff, store, superuser, switches, viewer  # noqa: F401
 from tests.djangoapp.test_admin import _execution
 
@@ -117,16 +118,7 @@ def _action(action: str) -> Callable[[], tuple[str, dict[str, Any]]]:
 
 def _editable_toggle() -> tuple[str, dict[str, Any]]:
     """The changelist's ``enabled`` checkboxes, saved with NAME switched (other rows as they are)."""
-    rows = list(TriggerSchedule.objects.order_by("trigger_name").values_list("pk", "enabled"))
-    data: dict[str, Any] = {
-        "form-TOTAL_FORMS": str(len(rows)), "form-INITIAL_FORMS": str(len(rows)),
-        "form-MIN_NUM_FORMS": "0", "form-MAX_NUM_FORMS": "1000", "_save": "Save",
-    }
-    for i, (name, enabled) in enumerate(rows):
-        data[f"form-{i}-trigger_name"] = name
-        if enabled != (name == NAME):
-            data[f"form-{i}-enabled"] = "on"
-    return TRIGGERS, data
+    return TRIGGERS, enabled_toggle_post(lambda name, enabled: enabled != (name == NAME))
 
 
 def _change_form() -> tuple[str, dict[str, Any]]:

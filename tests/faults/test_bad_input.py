@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 from celery import Celery, signals
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 
 import cloaca_celery as cloaca
 from cloaca_celery import Context, DefaultRunner, TriggerResult, WorkflowBuilder
@@ -49,7 +49,7 @@ from cloaca_celery.triggers import triggers
 from cloaca_celery.workflows import workflows
 from tests.cliapp.test_cli import cli  # noqa: F401 - the real CLI, as a fixture
 from tests.djangoapp.conftest import store, superuser  # noqa: F401 - admin rows
-from tests.services import POSTGRES_URL, need_postgres
+from tests.support.services import postgres_schema, postgres_url_in
 
 REPO = Path(__file__).resolve().parents[2]
 CLI_APP = REPO / "tests" / "cliapp"
@@ -637,17 +637,8 @@ def awkward_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'awkward.db'}"
         return
-    need_postgres()
-    schema = _unique("faults_awkward")
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema("faults_awkward_") as schema:
+        yield postgres_url_in(schema)
 
 
 def _awkward_context(value: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from celery import Celery
 from cloaca_celery.compat import known_upstream_problems
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import CeleryProcess, CeleryProject, wait_until
+from tests.e2e.harness import CeleryProcess, CeleryProject, max_overlap, records, wait_until
 from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
 from tests.faults.helpers import (
     STEPS_QUEUE,
@@ -43,9 +43,7 @@ from tests.faults.helpers import (
     faults_project,
     history,
     leaked_claims,
-    max_overlap,
     pool_children,
-    records,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -81,13 +79,13 @@ def down(*procs: CeleryProcess) -> list[str]:
 
 @pytest.mark.parametrize("holding", [False, True], ids=["idle-workers", "workers-holding-messages"])
 def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_without_a_burst(
-    holding: bool, private_redis: RedisServer, redis_url: str, redis_client: Any, sqlite_url: str,
+    holding: bool, private_redis: RedisServer, redis_url: str, redis_client: Any, store_url: str,
     sqlite_store: SqlStore, supervise: Callable[[CeleryProject], Supervisor],
     launch: Callable[..., CeleryProject],
 ) -> None:
     triggers = f"serial:repeat:{INTERVAL}s,counter:counter:{INTERVAL}s,tick:tick:{INTERVAL}s"
     project = faults_project(
-        launch, broker_url=private_redis.url, note_url=redis_url, database_url=sqlite_url,
+        launch, broker_url=private_redis.url, note_url=redis_url, database_url=store_url,
         triggers=triggers, queued_timeout=f"{GRACE}s", heartbeat_interval="1s", heartbeat_misses="2",
         sweep_interval="1s", poll_time_limit="2s",
     )
@@ -206,14 +204,14 @@ def test_broker_outage_leaks_no_claim_ends_every_execution_and_polling_resumes_w
 
 
 def test_a_worker_holding_a_message_survives_the_broker_going_away_or_is_restarted(
-    private_redis: RedisServer, redis_url: str, redis_client: Any, sqlite_url: str,
+    private_redis: RedisServer, redis_url: str, redis_client: Any, store_url: str,
     supervise: Callable[[CeleryProject], Supervisor], launch: Callable[..., CeleryProject],
 ) -> None:
     """A worker that holds an unacknowledged message (here a poll sent with a countdown) when the
     broker connection drops reconnects and polls again; on Celery 5.7.0 it exits with the known
     error instead, and the supervisor's restart polls again."""
     project = faults_project(
-        launch, broker_url=private_redis.url, note_url=redis_url, database_url=sqlite_url,
+        launch, broker_url=private_redis.url, note_url=redis_url, database_url=store_url,
         triggers="tick:tick:1h",
     )
     supervisor = supervise(project)

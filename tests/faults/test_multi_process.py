@@ -20,9 +20,9 @@ import pytest
 
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, FINAL_STATUSES
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, max_overlap, records, wait_until
 from tests.e2e.poll_reports import assert_one_poll_per_slot, wait_for_polls_to_end
-from tests.faults.helpers import ALL_QUEUES, faults_project, history, leaked_claims, max_overlap, records
+from tests.faults.helpers import ALL_QUEUES, faults_project, history, leaked_claims
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -35,11 +35,11 @@ FIRE_STAMP_SLACK = timedelta(milliseconds=50)
 
 
 def test_two_beats_four_worker_processes_for_a_minute_serial_stays_serial_and_concurrent_runs_every_fire(
-    redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    redis_url: str, redis_client: Any, store_url: str, sqlite_store: SqlStore,
     launch: Callable[..., CeleryProject],
 ) -> None:
     project = faults_project(
-        launch, broker_url=redis_url, database_url=sqlite_url,
+        launch, broker_url=redis_url, database_url=store_url,
         triggers=f"serial:repeat:{SERIAL_INTERVAL}s,parallel:repeat_concurrent:{PARALLEL_INTERVAL}s",
         sweep_interval="2s", poll_time_limit="5s",
     )

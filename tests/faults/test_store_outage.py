@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, records, wait_until
 from tests.faults.helpers import (
     ALL_QUEUES,
     faults_project,
@@ -31,10 +31,9 @@ from tests.faults.helpers import (
     log_lines,
     log_time,
     pool_children,
-    records,
 )
 from tests.faults.proxy import TcpProxy
-from tests.services import POSTGRES_URL
+from tests.support.services import POSTGRES_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

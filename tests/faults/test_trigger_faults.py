@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cloaca_celery.sqlstore import SqlStore
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, records, wait_until
 from tests.faults.helpers import (
     ALL_QUEUES,
     STEPS_QUEUE,
@@ -27,7 +27,6 @@ from tests.faults.helpers import (
     history,
     log_lines,
     pool_children,
-    records,
     schedule,
 )
 
@@ -57,12 +56,12 @@ def _errors_and_polls(client: Any, store: SqlStore, name: str) -> tuple[int, int
 
 
 def test_misbehaving_triggers_are_recorded_enqueue_nothing_and_are_polled_on(
-    redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    redis_url: str, redis_client: Any, store_url: str, sqlite_store: SqlStore,
     launch: Callable[..., CeleryProject],
 ) -> None:
     triggers = ",".join(f"{name}:{name}:{INTERVAL}s" for name in ALL)
     project = faults_project(
-        launch, broker_url=redis_url, database_url=sqlite_url, triggers=triggers,
+        launch, broker_url=redis_url, database_url=store_url, triggers=triggers,
         poll_time_limit=f"{TIME_LIMIT}s", max_context_bytes="1024",
     )
     redis_client.set("slow:slow", SLOW)

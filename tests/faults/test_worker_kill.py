@@ -18,7 +18,7 @@ import pytest
 
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import FINAL_STATUSES
-from tests.e2e.harness import CeleryProject, wait_until
+from tests.e2e.harness import CeleryProject, records, wait_until
 from tests.faults.helpers import (
     STEPS_QUEUE,
     claim_rows,
@@ -27,7 +27,6 @@ from tests.faults.helpers import (
     leaked_claims,
     log_lines,
     log_time,
-    records,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -40,12 +39,12 @@ LOAD_SLACK = 3.0  # what a busy machine may add to a delay measured here
 
 
 def test_killed_worker_execution_ends_lost_claim_is_freed_and_the_trigger_fires_again(
-    redis_url: str, redis_client: Any, sqlite_url: str, sqlite_store: SqlStore,
+    redis_url: str, redis_client: Any, store_url: str, sqlite_store: SqlStore,
     launch: Callable[..., CeleryProject],
 ) -> None:
     name = "recover"
     project = faults_project(
-        launch, broker_url=redis_url, database_url=sqlite_url, triggers=f"{name}:repeat:{INTERVAL}s",
+        launch, broker_url=redis_url, database_url=store_url, triggers=f"{name}:repeat:{INTERVAL}s",
         heartbeat_interval=f"{HEARTBEAT}s", heartbeat_misses=str(int(LEASE / HEARTBEAT)),
         sweep_interval=f"{SWEEP}s", poll_time_limit="2s",
     )

@@ -279,6 +279,7 @@ def test_fire_without_context_hashes_like_an_empty_dict() -> None:
     assert context_hash(result.context) == empty
 
 
+@pytest.mark.slow  # starts Python processes
 def test_hash_is_stable_across_processes() -> None:
     # Each process inserts the keys in an order that depends on its hash seed.
     script = (

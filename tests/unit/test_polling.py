@@ -18,6 +18,7 @@ from cloaca_celery import Context, TriggerResult, WorkflowBuilder, task, trigger
 from cloaca_celery.context import context_hash
 from cloaca_celery.installation import Installation, get_installation
 from cloaca_celery.slots import Slot
+from tests.support.sqlite import migrated_sqlite
 
 MakeInstallation = Callable[..., Installation]
 
@@ -31,8 +32,8 @@ def make_installation(tmp_path: Path) -> Iterator[MakeInstallation]:
     def make(**options: Any) -> Installation:
         app = Celery("t", set_as_current=False)
         app.conf.update(task_always_eager=True, task_eager_propagates=True)
-        database = tmp_path / f"cloaca-{len(apps)}.db"
-        cloaca_celery.install(app, database_url=f"sqlite:///{database}", embedded=False, **options)
+        database = migrated_sqlite(tmp_path / f"cloaca-{len(apps)}.db")
+        cloaca_celery.install(app, database_url=database, embedded=False, **options)
         apps.append(app)
         return get_installation(app)
 

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from cloaca_celery.sqlengine import create_store_engine, redact_url
 from cloaca_celery.sqlstore import SqlStore, normalize_database_url
 from cloaca_celery.store import NewExecution, PollLease, PollOutcome, PollRefusal, Store, TriggerSpec
+from tests.support.sqlite import migrated_sqlite
 
 T0 = 1_700_000_000.0
 LEASE = 60.0
@@ -27,7 +28,7 @@ def spec(
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlStore]:
-    sql_store = SqlStore(f"sqlite:///{tmp_path / 'store.db'}")
+    sql_store = SqlStore(migrated_sqlite(tmp_path / "store.db"))
     sql_store.ensure_schema()
     yield sql_store
     sql_store.close()

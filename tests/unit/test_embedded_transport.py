@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from kombu import Connection
 
 from cloaca_celery.embedded import TRANSPORT
@@ -29,6 +30,7 @@ def _produce(folder: Path, count: int) -> None:
         queue.close()
 
 
+@pytest.mark.slow  # 60 messages of 4 MB: seconds of JSON
 def test_a_consumer_racing_a_producer_never_reads_a_half_written_message(tmp_path: Path) -> None:
     (tmp_path / "control").mkdir()
     sent = 60

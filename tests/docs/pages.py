@@ -3,7 +3,7 @@
 Two kinds of ```python block:
 
 * an **example**, run in one namespace with the page's other examples
-  (``tests/test_docs.py``);
+  (``tests/docs/test_pages.py``);
 * a **project file**, whose first line names where it goes: ``# proj.py``
   (the whole file) or ``# proj/settings.py: add at the end``. A page's files
   are assembled into a folder and run with the commands of its ```bash
@@ -21,7 +21,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 _PIECE = re.compile(

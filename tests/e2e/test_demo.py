@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.e2e.harness import REPO
 
 
 @pytest.mark.e2e

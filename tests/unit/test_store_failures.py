@@ -8,8 +8,9 @@ import pytest
 from celery import Celery
 
 import cloaca_celery as cloaca
-from cloaca_celery.builtin_tasks import POLL_TASK
+from cloaca_celery.builtin_tasks import COMPLETE_TASK, FAILED_TASK, POLL_TASK
 from cloaca_celery.dispatch import dispatch_due
+from cloaca_celery.firing import Firer
 from cloaca_celery.installation import get_installation
 from cloaca_celery.sweep import sweep
 
@@ -66,11 +67,12 @@ def test_dispatch_and_sweep_log_once_per_interval(app: Celery, caplog: pytest.Lo
     store = SqlStore(UNREACHABLE)
     clock = StoreClock(store.now)
     settings = get_installation(app).settings
+    firer = Firer(app, settings, store, clock, COMPLETE_TASK, FAILED_TASK)
     with caplog.at_level(logging.WARNING):
         assert dispatch_due(app, settings, store, clock, POLL_TASK, {}) == 0
         assert dispatch_due(app, settings, store, clock, POLL_TASK, {}) == 0
-        assert sweep(app, settings, store, clock) == 0
-        assert sweep(app, settings, store, clock) == 0
+        assert sweep(app, settings, store, clock, firer) == 0
+        assert sweep(app, settings, store, clock, firer) == 0
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("cloaca_celery")]
     assert len(messages) == 2, messages
     assert messages[0].startswith("dispatch: the store is unreachable (OperationalError")

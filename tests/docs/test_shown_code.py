@@ -1,6 +1,6 @@
 """Code shown but not run: other tools' code on docs/coming-from.md, in ```py blocks.
 
-Every ```python block of the docs runs (tests/test_docs.py). A page that shows
+Every ```python block of the docs runs (tests/docs/test_pages.py). A page that shows
 another tool's code (Dagster, Airflow, celery-once...), which cannot run here,
 marks it ```py instead; such blocks are allowed on the pages named below only,
 and must still be valid Python.
@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from tests.docs_pages import PAGES, REPO
+from tests.docs.pages import PAGES, REPO
 
 SHOWN_NOT_RUN = {"docs/coming-from.md"}
 _SHOWN = re.compile(r"^```py\n(?P<code>.*?)^```$", re.S | re.M)

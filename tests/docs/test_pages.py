@@ -3,9 +3,10 @@
 A page's example blocks run in order in one namespace, in a temporary
 directory, and ``<!-- test-check ... -->`` comments hold assertions about
 what the examples just did. Project files (blocks headed ``# path.py``) are
-built and run with real processes by ``tests/e2e/test_docs_projects.py``.
+built and run with real processes by ``tests/e2e/test_docs_projects.py``
+(``docs/testing.md``'s pytest suite: by ``tests/docs/test_testing_page.py``).
 After a page has run, every trigger it defined is polled once, in process,
-and must return a valid result. See ``tests/docs_pages.py``.
+and must return a valid result. See ``tests/docs/pages.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloaca_celery.triggers import triggers
-from tests.docs_pages import PAGES, REPO, pieces
+from tests.docs.pages import PAGES, REPO, pieces
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
@@ -52,11 +53,12 @@ def test_page_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_project_files_are_built_by_a_test() -> None:
-    """A page with project files is one that tests/e2e/test_docs_projects.py builds and runs."""
+    """A page with project files is one that a test builds and runs: tests/e2e/test_docs_projects.py
+    (with worker and beat processes), or tests/docs/test_testing_page.py (its pytest suite)."""
     from tests.e2e.test_docs_projects import BUILT_PAGES
 
     with_files = {p.relative_to(REPO).as_posix() for p in PAGES if any(x.kind == "file" for x in pieces(p))}
-    assert with_files == set(BUILT_PAGES)
+    assert with_files == {*BUILT_PAGES, "docs/testing.md"}
 
 
 def test_trigger_page_keeps_the_seed_examples() -> None:
@@ -79,6 +81,7 @@ def test_configuration_page_lists_every_setting() -> None:
     assert not missing, f"docs/configuration.md does not document {missing}"
 
 
+@pytest.mark.slow  # runs mkdocs
 def test_mkdocs_builds_strictly(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import need_postgres, need_redis
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.e2e.harness import REPO
+from tests.support.services import need_postgres, need_redis
 
 NUMBER = re.compile(r"^-?[\d,]+(\.\d+)?$")
 

@@ -6,7 +6,7 @@ import re
 
 import cloaca_celery
 from cloaca_celery import errors
-from tests.docs_pages import REPO
+from tests.docs.pages import REPO
 
 
 def test_every_public_name_is_on_the_api_reference_page() -> None:

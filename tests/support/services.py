@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -69,3 +72,29 @@ def need_postgres() -> None:
 
 def need_mariadb() -> None:
     need_service("MariaDB", MARIADB_HOST, MARIADB_PORT)
+
+
+@contextmanager
+def postgres_schema(prefix: str = "cloaca_t_") -> Iterator[str]:
+    """A PostgreSQL schema of its own, ``<prefix><hex>``, dropped with everything in it on exit.
+
+    Fails or skips the calling test (:func:`need_postgres`) when PostgreSQL does not answer.
+    """
+    need_postgres()
+    from sqlalchemy import create_engine, text
+
+    schema = f"{prefix}{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def postgres_url_in(schema: str) -> str:
+    """A store URL whose connections work in ``schema`` (``search_path``), as a process is given it."""
+    return f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
