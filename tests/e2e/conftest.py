@@ -15,7 +15,7 @@ import pytest
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject
-from tests.support.services import REDIS_HOST, REDIS_PORT, need_redis
+from tests.support.services import REDIS_HOST, REDIS_PORT, need_redis, postgres_url_in
 
 LOCK_TTL = 900
 
@@ -96,3 +96,9 @@ def runner(store_url: str) -> Iterator[DefaultRunner]:
     runner = DefaultRunner(store_url)
     yield runner
     runner.store.close()
+
+
+@pytest.fixture
+def pg_store_url(pg_schema: str) -> str:
+    """A store in a PostgreSQL schema of the test's own (the store's clock is the server's)."""
+    return postgres_url_in(pg_schema)

@@ -28,7 +28,7 @@ import pytest
 
 from cloaca_celery import DefaultRunner
 from tests.e2e.harness import CeleryProject, app_env, history, records, wait_until
-from tests.support.services import need_service, need_tool, postgres_url_in
+from tests.support.services import need_service, need_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -247,12 +247,6 @@ def test_a_killed_workers_execution_ends_lost_and_its_context_fires_again_on_rab
 ) -> None:
     project = launch(MODULE, **_env(redis_url, store_url, "killed", E2E_BROKER_URL=rabbitmq_vhost))
     _kill_and_recover(project, redis_client, runner, "killed", "RabbitMQ")
-
-
-@pytest.fixture
-def pg_store_url(pg_schema: str) -> str:
-    """A PostgreSQL schema of the test's own (the store's clock is the server's, not a faked one)."""
-    return postgres_url_in(pg_schema)
 
 
 def _faketime(offset: str) -> dict[str, str]:

@@ -16,8 +16,7 @@ seen are printed (``pytest -s``).
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 
 from tests.e2e.harness import CeleryProject, wait_until
-from tests.services import POSTGRES_URL, need_postgres
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -46,22 +44,6 @@ OVER_SHARE = 0.5
 (the aim is 0.9; batched, the workers run more polls than bare no-op tasks)."""
 OVER_SHARE_UNBATCHED = 0.1
 """Unbatched and overloaded (twice the bare rate due): not none (it used to fall to none)."""
-
-
-@pytest.fixture
-def pg_store_url() -> Iterator[str]:
-    """A PostgreSQL schema of the test's own."""
-    need_postgres()
-    schema = f"cloaca_load_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _total(client: Any, key: str, seconds: range | None = None) -> int:
