@@ -79,9 +79,18 @@ def _start(launch: Callable[..., CeleryProject], redis_url: str, store_url: str,
 
 
 def _run_for(client: Any, trigger: str, project: CeleryProject, fires: int) -> None:
+    """Fire the same work until ``fires`` fires, then stop; return once no poll can fire any more.
+
+    A poll that read ``go`` just before it was deleted may still be firing (holding its
+    fire pending, say) after the test saw nothing active: the polls of one trigger never
+    overlap, so once an evaluation has begun after the deletion, every earlier poll has ended.
+    """
     client.set(f"go:{trigger}", 1)
     wait_until(lambda: client.llen(f"fires:{trigger}") >= fires, 60, f"{fires} fires", project)
     client.delete(f"go:{trigger}")
+    evaluated = int(client.get(f"evals:{trigger}") or 0)
+    wait_until(lambda: int(client.get(f"evals:{trigger}") or 0) > evaluated, 60,
+               "a poll begun after the last fire", project)
 
 
 def _settled(runner: DefaultRunner, trigger: str, project: CeleryProject) -> list[dict[str, Any]]:

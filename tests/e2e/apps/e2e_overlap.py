@@ -5,7 +5,7 @@ selects the triggers. Trigger ``ov_<policy>`` has ``overlap="<policy>"`` and
 ``dedup_key=["key"]``: while ``go:<trigger>`` exists, every poll fires
 ``{"key": "k", "n": <n>}`` with ``n`` counting its fires (``INCR n:<trigger>``), so
 each fire is the same work with a newer context. Each fire reports
-``fires:<trigger>`` (``n``, ``t``).
+``fires:<trigger>`` (``n``, ``t``); each evaluation counts ``evals:<trigger>``.
 
 The workflow ``slow`` has two steps, ``first`` (``sleep:<trigger>`` seconds, 2 by
 default) and ``second`` (0.3 s); each reports its start and end to
@@ -84,6 +84,7 @@ def _trigger(policy: str) -> None:
     @cloaca.trigger(workflow="slow", name=name, poll_interval=os.environ.get("E2E_INTERVAL", "300ms"),
                     overlap=policy, dedup_key=["key"], **options)
     def fire_same_work() -> cloaca.TriggerResult:
+        r.incr(f"evals:{name}")  # before reading go: the test waits for the polls that read it
         if not r.exists(f"go:{name}"):
             return cloaca.TriggerResult.skip()
         n = int(r.incr(f"n:{name}"))
