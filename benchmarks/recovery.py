@@ -44,6 +44,8 @@ def recovery(bench: Bench) -> Figures:
         svc.redis.set("bench:recovery:sleep", 60)
         with bench.processes(url, "recovery", 1, INTERVAL) as procs:
             victim = procs.worker(name="victim", concurrency=1)
+            # Beat once the victim is ready: its one process is not to start behind a backlog of ticks.
+            bench.wait_ready(procs, workers=1)
             procs.beat()
             bench.wait_ready(procs, workers=1, beats=1)
             svc.redis.set("bench:recovery:go", 1)
