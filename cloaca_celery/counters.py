@@ -313,6 +313,11 @@ class HealthCounter:
                     del self._rows[key]
             return len(rows)
 
+    def discard(self) -> None:
+        """Forget the counts not yet written (a test whose process counted polls of its own)."""
+        with self._lock:
+            self._rows, self._dirty = {}, set()
+
     def snapshot(self) -> list[HealthCounts]:
         """This process's counts not yet forgotten (tests and ``flush`` diagnostics)."""
         with self._lock:

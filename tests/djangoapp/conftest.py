@@ -67,3 +67,21 @@ def _database_service() -> None:
 
     if os.environ.get("CLOACA_TEST_DJANGO_DB") == "postgresql":
         need_postgres()
+
+
+@pytest.fixture(autouse=True)
+def _no_health_counts_across_tests(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The tests' own eager polls are counted in this process; its health thread would write them on
+    a connection of its own, committed beside the test's transaction, into later tests' charts. So
+    here they are never written, and dropped after each test (the health tests save rows themselves)."""
+    from cloaca_celery.binding import runtime_of
+    from tests.django_project.celery_app import app
+
+    runtime = runtime_of(app)
+    if runtime is None:
+        yield
+        return
+    runtime.health.discard()
+    monkeypatch.setattr(runtime.health, "_write", lambda process, rows: None)
+    yield
+    runtime.health.discard()
