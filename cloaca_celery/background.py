@@ -3,8 +3,13 @@
 A workflow's first step should start the moment its message arrives, not after
 the store has recorded that it started. ``defer(fn)`` runs ``fn`` on one daemon
 thread per process, in order; a failure is logged on one line. A process that
-dies first loses the write, which is why only history that the sweep can
-reconstruct (``running_at``) goes this way.
+is killed first loses the write, which is why only what the sweep can
+reconstruct (``running_at``, a step's end) goes this way. A process that is
+told to exit (a pool process sent SIGTERM by a ``revoke(terminate=True)``
+raises ``SystemExit`` in its task) first waits for the writes it has
+deferred (:meth:`Deferred.drain`): the end of a step can start the next fire
+of its work, and a fire cut between its store row and its message would wait
+for the sweep's ``cloaca_queued_timeout``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ class Deferred:
                 self._thread = threading.Thread(target=self._run, name="cloaca-deferred", daemon=True)
                 self._thread.start()
             self._queue.put((work, what))
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until every write deferred so far by this process ran."""
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                return True  # nothing deferred in this process (a fork's copy holds its parent's)
+        done = threading.Event()
+        self.defer(done.set, "drain")
+        return done.wait(timeout)
 
     def _run(self) -> None:
         pending = self._queue

@@ -44,6 +44,9 @@ from .registries import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+EXIT_DRAIN_SECONDS = 5.0
+"""How long a terminated step's process waits for its earlier deferred store writes before it exits."""
+
 logger = logging.getLogger("cloaca_celery.steps")
 
 
@@ -164,11 +167,13 @@ def step_starts(runtime: Runtime, execution_id: str, task_id: str, fired_at: flo
 
 
 def step_ends(runtime: Runtime, execution_id: str, trigger_name: str, task_id: str,
-              retry_at: float | None = None, eager: bool = False) -> None:
+              retry_at: float | None = None, eager: bool = False, exiting: bool = False) -> None:
     """Release the step's lease here and record its end in the store (beside, not in the way).
 
     ``retry_at`` (store clock): the step waits to retry until then, and keeps
-    its execution's lease until then plus the lease.
+    its execution's lease until then plus the lease. ``exiting``: the process
+    exits once the step returns (its step was terminated), so the end is
+    recorded now, after the writes deferred before it.
     """
     runtime.leases.release(execution_id)
     clock, store, settings = runtime.clock, runtime.store, runtime.settings
@@ -179,7 +184,16 @@ def step_ends(runtime: Runtime, execution_id: str, trigger_name: str, task_id: s
         if store.end_step(execution_id, task_id, now, now + settings.queued_timeout, retry_until):
             runtime.after_end(execution_id, trigger_name)  # this end ended an execution that was ending
 
-    if eager:
+    if exiting:
+        if not deferred.drain(EXIT_DRAIN_SECONDS):
+            logger.warning("execution %s: step %s ends as its process exits, before this process's "
+                           "earlier store writes did", execution_id, task_id)
+        try:
+            record()
+        except Exception as exc:  # noqa: BLE001 - the sweep ends the execution once its lease expires
+            logger.warning("execution %s: end of step %s not recorded: %s", execution_id, task_id,
+                           one_line(exc))
+    elif eager:
         record()
     else:
         deferred.defer(record, f"execution {execution_id}: end of step {task_id}")
@@ -222,10 +236,16 @@ class WorkflowStep(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         retrying: Retry | None = None
+        exiting = False
         try:
             return super().__call__(*args, **kwargs)
         except Retry as exc:
             retrying = exc
+            raise
+        except BaseException as exc:
+            # SystemExit: billiard's answer to SIGTERM (revoke(terminate=True)) in a pool process,
+            # which exits right after: the end is recorded here, not on a thread it would cut.
+            exiting = not isinstance(exc, Exception)
             raise
         finally:
             request = self.request
@@ -237,7 +257,8 @@ class WorkflowStep(Task):  # type: ignore[misc]
             if step is not None and runtime is not None:
                 at = None if retrying is None else retry_at(runtime, retrying.when)
                 execution_id, trigger_name = step
-                step_ends(runtime, execution_id, trigger_name, request.id, at, eager=bool(request.is_eager))
+                step_ends(runtime, execution_id, trigger_name, request.id, at,
+                          eager=bool(request.is_eager), exiting=exiting)
 
     def _record_started(self, task_id: str) -> None:
         """Store the STARTED state (what Celery's ``track_started`` stores), beside the step.

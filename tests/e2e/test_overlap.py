@@ -101,7 +101,15 @@ def _settled(runner: DefaultRunner, trigger: str, project: CeleryProject) -> lis
             return None
         return rows if not runner.store.pending_fires(trigger) else None
 
-    result: list[dict[str, Any]] = wait_until(quiet, 60, "every execution to end, nothing pending", project)
+    try:
+        result: list[dict[str, Any]] = wait_until(quiet, 60, "every execution to end, nothing pending",
+                                                  project)
+    except AssertionError as exc:
+        rows = runner.get_trigger_execution_history(trigger)
+        state = "\n".join(f"{r['execution_id']} {r['status']} {r.get('error') or ''}" for r in rows)
+        pending = runner.store.pending_fires(trigger)
+        raise AssertionError(f"{exc}\n----- executions -----\n{state}\n----- pending -----\n{pending}") \
+            from None
     return result
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
+from types import SimpleNamespace
 
 from cloaca_celery.background import defer_until_end, deferred, task_ends
+from cloaca_celery.steps import step_ends
 
 
 def _drain() -> None:
@@ -51,3 +54,35 @@ def test_the_end_waits_for_a_write_being_made() -> None:
     ender.join(5)
     assert events == ["STARTED stored", "task ended"]
     task_ends("task-3")  # again (task_postrun after the step's own call): harmless
+
+
+def test_drain_waits_for_every_write_deferred_before_it() -> None:
+    written: list[str] = []
+    release = threading.Event()
+    deferred.defer(lambda: (release.wait(5), written.append("slow")), "test: slow")
+    threading.Timer(0.2, release.set).start()
+    assert deferred.drain(10)
+    assert written == ["slow"]
+
+
+def test_a_step_whose_process_exits_records_its_end_before_step_ends_returns() -> None:
+    """A pool process sent SIGTERM (``revoke(terminate=True)``) exits right after its step: its end,
+    and the pending fire that end starts, must not be left to a thread the exit would cut."""
+    events: list[str] = []
+
+    class Store:
+        def end_step(self, execution_id: str, task_id: str, *_: object) -> bool:
+            events.append(f"end {task_id}")
+            return True
+
+    runtime = SimpleNamespace(
+        store=Store(), clock=SimpleNamespace(now=time.time),
+        leases=SimpleNamespace(release=lambda _execution_id: None),
+        settings=SimpleNamespace(lease=30.0, queued_timeout=600.0),
+        after_end=lambda execution_id, trigger: events.append(f"after_end {execution_id}"),
+    )
+    release = threading.Event()
+    deferred.defer(lambda: (release.wait(5), events.append("an earlier write")), "test: earlier")
+    threading.Timer(0.2, release.set).start()
+    step_ends(runtime, "e1", "t", "e1-1", exiting=True)  # type: ignore[arg-type]
+    assert events == ["an earlier write", "end e1-1", "after_end e1"]
