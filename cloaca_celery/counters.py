@@ -24,8 +24,9 @@ import os
 import socket
 import threading
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,10 +61,8 @@ def _empty() -> list[int]:
 
 
 def bucket_of(seconds: float) -> int:
-    for index, bound in enumerate(BUCKETS):
-        if seconds <= bound:
-            return index
-    return len(BUCKETS)
+    """The index of the first bucket whose upper bound holds ``seconds`` (``len(BUCKETS)``: longer)."""
+    return bisect_left(BUCKETS, seconds)
 
 
 def median(buckets: list[int], largest: float) -> float | None:
@@ -149,10 +148,12 @@ class HealthCounts:
             self.last_poll_at = max(self.last_poll_at or other.last_poll_at, other.last_poll_at)
 
     def copy(self) -> HealthCounts:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values["poll_seconds"] = self.poll_seconds.copy()
-        values["latency_seconds"] = self.latency_seconds.copy()
-        return HealthCounts(**values)
+        # Made under the counter's lock, thousands at a time: no dataclass machinery.
+        twin = object.__new__(HealthCounts)
+        twin.__dict__.update(self.__dict__)
+        twin.poll_seconds = self.poll_seconds.copy()
+        twin.latency_seconds = self.latency_seconds.copy()
+        return twin
 
     def as_dict(self) -> dict[str, Any]:
         """The stable JSON shape of ``cloaca stats --json`` (see ``docs/cli.md``)."""
@@ -219,6 +220,8 @@ class HealthCounter:
         self._process = ""
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._minute = (0.0, minute_of(0.0))  # the last minute looked up: (its epoch second, itself)
+        self._last_poll: dict[tuple[str, datetime], float] = {}  # made a datetime when read
 
     @property
     def process(self) -> str:
@@ -231,19 +234,35 @@ class HealthCounter:
             # A forked pool child inherits the parent's counts and not its thread: it starts afresh.
             self._pid = os.getpid()
             self._process = process_key()
-            self._rows, self._dirty = {}, set()
+            self._rows, self._dirty, self._last_poll = {}, set(), {}
             self._thread = None
-        minute = minute_of(self._now() if at is None else at)
-        key = (trigger_name, minute)
+        key = (trigger_name, self._minute_of(self._now() if at is None else at))
         row = self._rows.get(key)
         if row is None:
-            row = self._rows[key] = HealthCounts(trigger_name, minute)
+            row = self._rows[key] = HealthCounts(*key)
         self._dirty.add(key)
-        if thread and (self._thread is None or not self._thread.is_alive()):
+        if thread and self._thread is None:  # it runs until stop(), which drops it
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="cloaca-health", daemon=True)
             self._thread.start()
         return row
+
+    def _minute_of(self, at: float) -> datetime:
+        start = at - at % 60
+        if self._minute[0] != start:
+            self._minute = (start, minute_of(at))
+        return self._minute[1]
+
+    def _rows_of(self, keys: Iterable[tuple[str, datetime]]) -> list[HealthCounts]:
+        """Copies of the rows of ``keys``, with their last poll (called under the lock)."""
+        rows = []
+        for key in keys:
+            row = self._rows[key].copy()
+            last = self._last_poll.get(key)
+            if last is not None:
+                row.last_poll_at = datetime.fromtimestamp(last, tz=timezone.utc)
+            rows.append(row)
+        return rows
 
     def count(self, trigger_name: str, at: float | None = None, *, thread: bool = True,
               **increments: int) -> None:
@@ -279,7 +298,7 @@ class HealthCounter:
             row.cancelled += int(cancelled)
             row.dropped += dropped
             row.poll_seconds.observe(ended - started)
-            row.last_poll_at = datetime.fromtimestamp(ended, tz=timezone.utc)
+            self._last_poll[(trigger_name, row.minute)] = ended
 
     def latency(self, trigger_name: str, fired_at: float, started_at: float) -> None:
         """The first step of an execution fired at ``fired_at`` started at ``started_at``."""
@@ -298,7 +317,7 @@ class HealthCounter:
                 if self._pid != os.getpid() or not self._dirty:
                     return 0
                 keys = sorted(self._dirty)
-                rows = [self._rows[key].copy() for key in keys]
+                rows = self._rows_of(keys)
                 self._dirty.clear()
                 process = self._process
             try:
@@ -311,17 +330,18 @@ class HealthCounter:
             with self._lock:
                 for key in [key for key in self._rows if key[1] < current and key not in self._dirty]:
                     del self._rows[key]
+                    self._last_poll.pop(key, None)
             return len(rows)
 
     def discard(self) -> None:
         """Forget the counts not yet written (a test whose process counted polls of its own)."""
         with self._lock:
-            self._rows, self._dirty = {}, set()
+            self._rows, self._dirty, self._last_poll = {}, set(), {}
 
     def snapshot(self) -> list[HealthCounts]:
         """This process's counts not yet forgotten (tests and ``flush`` diagnostics)."""
         with self._lock:
-            return [row.copy() for _, row in sorted(self._rows.items())]
+            return self._rows_of(sorted(self._rows))
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Write what is left (worker shutdown), waiting at most ``timeout`` seconds; the thread ends.
@@ -329,7 +349,9 @@ class HealthCounter:
         A process that is ending must not hang on a store that does not answer
         (or on a flush it interrupted): past ``timeout`` the counts are given up.
         """
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
+            self._thread = None  # a count after this starts a new one
         failed: list[BaseException] = []
 
         def last_flush() -> None:

@@ -75,8 +75,9 @@ class Watchdog:
         return item
 
     def _ensure_thread(self) -> None:
-        # A forked pool child inherits the parent's object but not its thread.
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+        # A forked pool child inherits the parent's object but not its thread. The thread never
+        # ends by itself (``LeaseWatch.fire`` catches what it raises).
+        if self._thread is not None and self._pid == os.getpid():
             return
         self._pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="cloaca-lease-watchdog", daemon=True)
