@@ -45,6 +45,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
@@ -678,11 +679,18 @@ def _start_execution() -> Any:
 
 
 def _start_step_postgresql() -> Any:
-    """``SqlStore.start_step`` in one statement: the execution's UPDATE feeds the step row's upsert."""
+    """``SqlStore.start_step`` in one statement: the execution's UPDATE feeds the step row's upsert.
+
+    Its commit does not wait for the WAL to reach the disk (``synchronous_commit`` off for this
+    transaction only): the step's body waits for this statement, and a start lost in a crash of
+    PostgreSQL itself is one the sweep can tell from the step's end and the lease renewals, as
+    for any start the store did not record (see ``docs/design.md``).
+    """
     started = _START_EXECUTION.returning(executions.c.execution_id).cte("started")
+    lazy = select(func.set_config("synchronous_commit", "off", true()).label("setting")).cte("lazy_commit")
     source = select(*(
         started.c.execution_id if name == "execution_id" else value for name, value in _STEP_ROW.items()
-    ))
+    )).select_from(started.join(lazy, true()))
     insert_row = postgresql.insert(steps).from_select(list(_STEP_ROW), source)
     return _or_set_change(insert_row).returning(steps.c.task_id)
 

@@ -185,6 +185,15 @@ def store(backend: Backend) -> SqlStore:
 
 
 @pytest.fixture
+def postgresql_store() -> Iterator[SqlStore]:
+    """A ``SqlStore`` in a PostgreSQL schema of its own, for PostgreSQL-only tests."""
+    for backend in _postgresql_backend():
+        sql_store = backend.store()
+        sql_store.ensure_schema()
+        yield sql_store
+
+
+@pytest.fixture
 def mariadb_backend() -> Iterator[Backend]:
     """An empty MariaDB database of its own, for MariaDB-only tests."""
     yield from _mariadb_backend()

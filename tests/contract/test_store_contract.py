@@ -906,6 +906,18 @@ def test_start_step_runs_the_execution_and_gives_it_the_lease(store: SqlStore) -
     assert deadline_of(store, eid) == T0 + 35
 
 
+def test_start_step_leaves_every_later_commit_durable(postgresql_store: SqlStore) -> None:
+    """On PostgreSQL a step's start commits without waiting for the disk (its transaction only):
+    the pooled connection it ran on must not carry that into the fires and ends written next."""
+    store = postgresql_store
+    execution = new_execution()
+    assert fired(store, execution, T0) is True
+    assert store.start_step(execution.execution_id, "t1", T0 + 1, T0 + 31) is True
+    with store.engine.connect() as conn:  # the pool's only connection: the one start_step used
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+    assert store.engine.pool.checkedin() == 1
+
+
 def test_start_step_keeps_the_later_deadline_while_other_steps_run(store: SqlStore) -> None:
     eid = running(store, "t1", now=T0, lease=100.0)
     assert deadline_of(store, eid) == T0 + 100
