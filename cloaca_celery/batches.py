@@ -56,6 +56,10 @@ FIRING_SHARE = 0.2
 HANDBACK_AFTER = 0.1
 """An entry still running after this many seconds hands the rest of its batch back."""
 
+BACKSTOP_MARGIN = 1.0
+"""Seconds a batch message's own Celery time limits leave after its entries' limits could have
+fired (see :func:`backstop_limits`)."""
+
 _WEIGHT = 0.2  # of the newest poll in a moving average
 
 FIRED = frozenset({"fired", "deduplicated", "buffered", "cancelling"})
@@ -129,6 +133,26 @@ def form_batches(
         else:
             batches.append(batch)
     return alone, batches
+
+
+def backstop_limits(options: dict[str, Any], entries: int) -> dict[str, Any]:
+    """A batch message's options: Celery's time limits pushed past what its entries can take.
+
+    Each entry is cut at ``cloaca_poll_time_limit`` by its own timer
+    (:func:`entry_time_limit`), and an entry still running after
+    :data:`HANDBACK_AFTER` hands the rest back, so a batch runs at most
+    ``entries * HANDBACK_AFTER`` plus one entry's limit. Celery's limits stay
+    as a backstop beyond that: with the same soft limit as an entry's, a
+    batch whose first entry hangs is interrupted twice at once, the second
+    time inside the code that records the first (its ``finally`` blocks, the
+    store write of its timeout).
+    """
+    extra = entries * HANDBACK_AFTER + BACKSTOP_MARGIN
+    limited = dict(options)
+    for name in ("soft_time_limit", "time_limit"):
+        if limited.get(name):
+            limited[name] = float(limited[name]) + extra
+    return limited
 
 
 def entries_message(entries: Sequence[Entry]) -> list[list[Any]]:

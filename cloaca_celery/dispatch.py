@@ -20,7 +20,7 @@ from typing import Any
 from celery import Celery, current_app
 from celery.schedules import schedstate, schedule
 
-from .batches import Entry, entries_message, form_batches
+from .batches import Entry, backstop_limits, entries_message, form_batches
 from .clock import StoreClock
 from .counters import HealthCounter
 from .logs import log_throttled, one_line
@@ -259,7 +259,7 @@ def send_batch(app: Celery, batch_task: str, entries: list[Entry], options: dict
     app.send_task(
         batch_task, args=(entries_message(entries),), producer=producer,
         expires=expires_in(max(slot.start_by for _, slot in entries), sending), ignore_result=True,
-        **options,
+        **backstop_limits(options, len(entries)),
     )
 
 

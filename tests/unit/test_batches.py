@@ -11,6 +11,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from cloaca_celery import ConfigurationError, TriggerResult, trigger
 from cloaca_celery.batches import (
     FIRING_SHARE,
+    HANDBACK_AFTER,
     SLOW_POLL,
     BatchRun,
     Entry,
@@ -20,6 +21,7 @@ from cloaca_celery.batches import (
     entry_time_limit,
     form_batches,
 )
+from cloaca_celery.dispatch import send_batch
 from cloaca_celery.polling import PollReport
 from cloaca_celery.slots import Slot
 from cloaca_celery.triggers import triggers
@@ -123,3 +125,22 @@ def test_an_entry_time_limit_is_not_armed_outside_the_main_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [False]
+
+
+def test_a_batch_message_s_own_time_limits_come_after_every_entry_s() -> None:
+    """Celery's limits on a batch message are a backstop: an entry's own timer cuts a hung trigger
+    first. With the same soft limit, a batch whose first entry hangs was interrupted twice at
+    once, the second time while it recorded the first (seen as an error without its poll's end)."""
+    sent: list[dict[str, object]] = []
+
+    class App:
+        def send_task(self, name: str, **options: object) -> None:
+            sent.append({"name": name, **options})
+
+    entries = [entry(f"t{i}", T0 + 1) for i in range(3)]
+    options = {"soft_time_limit": 1.5, "time_limit": 6.5, "queue": "polls"}
+    send_batch(App(), "cloaca.poll_batch", entries, options, T0)  # type: ignore[arg-type]
+    (message,) = sent
+    assert message["queue"] == "polls" and options["soft_time_limit"] == 1.5  # the caller's options kept
+    assert message["soft_time_limit"] >= 1.5 + 3 * HANDBACK_AFTER + 0.5  # type: ignore[operator]
+    assert message["time_limit"] >= 6.5 + 3 * HANDBACK_AFTER + 0.5  # type: ignore[operator]
