@@ -46,8 +46,15 @@ class Channel(filesystem.Channel):  # type: ignore[misc]
         except OSError as exc:
             raise ChannelError(f"Cannot add file {final!r} to directory") from exc
 
+    def _table_of(self, exchange: Any) -> Path:
+        """The exchange's table file: kombu 5.6+ checks the name (``_exchange_file``), 5.5 does not."""
+        checked = getattr(super(), "_exchange_file", None)
+        if checked is not None:
+            return Path(checked(exchange))
+        return Path(self.control_folder) / f"{exchange}.exchange"
+
     def _queue_bind(self, exchange: Any, routing_key: Any, pattern: Any, queue: Any) -> None:
-        table = self._exchange_file(exchange)
+        table = self._table_of(exchange)
         if not table.exists():
             self.control_folder.mkdir(parents=True, exist_ok=True)
             partial = table.with_name(f"partial-{uuid.uuid4().hex}.tmp")

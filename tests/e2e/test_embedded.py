@@ -23,9 +23,18 @@ def test_embedded_default_polls_and_runs_the_workflow_without_any_server(
     worker.wait_for_log("ready", timeout=60)
     (tmp_path / "inbox" / "hello.txt").write_text("hello world")
     outbox = tmp_path / "outbox"
-    result = wait_until(lambda: list(outbox.glob("*.json")) if outbox.exists() else [], 30,
-                        "the workflow's report", project)
-    data = json.loads(result[0].read_text())
+
+    def report() -> dict[str, object] | None:
+        """The workflow's report once written whole (the step creates the file, then writes it)."""
+        for path in outbox.glob("*.json") if outbox.exists() else []:
+            try:
+                loaded: dict[str, object] = json.loads(path.read_text())
+                return loaded
+            except json.JSONDecodeError:
+                return None
+        return None
+
+    data: dict[str, object] = wait_until(report, 30, "the workflow's report", project)
     assert data["name"] == "hello" and data["size"] == 11 and data["trigger_name"] == "inbox_watcher"
     log = worker.log()
     assert "cloaca_celery.embedded:Transport" in log and "results.db" in log
