@@ -27,6 +27,8 @@ HEALTH_TABLE = "cloaca_health"
 HEALTH_FLUSH = 5.5
 """A little more than the default ``cloaca_health_flush_interval`` (the benchmark app keeps it)."""
 LONG_INTERVAL = 300.0  # so a backlog of polls never expires or runs late while it drains
+EMBEDDED = "embedded"
+"""The database URL of :meth:`Bench.processes` that runs them on the embedded default instead."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class Bench:
 
     def env(self, database_url: str, mode: str, triggers: int, interval: float) -> dict[str, str]:
         return {
+            **({"BENCH_EMBEDDED": str(self.workdir / f"embedded-{uuid.uuid4().hex[:8]}")}
+               if database_url == EMBEDDED else {}),
             "BENCH_REDIS_URL": self.svc.redis_url,
             "BENCH_DATABASE_URL": database_url,
             "BENCH_MODE": mode,
@@ -242,14 +246,19 @@ class Bench:
                 procs.worker()
                 self.wait_ready(procs, workers=1)
                 client = self.client()
-                bare: list[float] = []
+                hot: list[float] = []
+                paced: list[float] = []
                 try:
-                    for _ in range(warm + k):
-                        started = time.perf_counter()
-                        result = client.send_task("bench.ping")
-                        result.get(timeout=30)
-                        bare.append(time.perf_counter() - started)
-                        result.forget()
+                    # Back to back, as fast as round trips go; then at the pace of the fires below
+                    # (one per fire interval), so both sides start each round trip from idle.
+                    for pause, into in ((0.0, hot), (self.size.fire_interval, paced)):
+                        for _ in range(warm + k):
+                            time.sleep(pause)
+                            started = time.perf_counter()
+                            result = client.send_task("bench.ping")
+                            result.get(timeout=30)
+                            into.append(time.perf_counter() - started)
+                            result.forget()
                 finally:
                     client.close()
                 procs.beat()
@@ -257,14 +266,32 @@ class Bench:
                 self.wait(lambda: svc.redis.llen("bench:fire_latency") >= warm + k, timeout,
                           f"{warm + k} fires", procs)
                 fired = [float(v) for v in svc.redis.lrange("bench:fire_latency", warm, warm + k - 1)]
-        bare = bare[warm:]
+        hot, paced = hot[warm:], paced[warm:]
         figures = {
             "fire_p50": percentile(fired, 50), "fire_p99": percentile(fired, 99),
-            "fire_p50_bare": percentile(bare, 50), "fire_p99_bare": percentile(bare, 99),
+            "fire_p50_bare": percentile(paced, 50), "fire_p99_bare": percentile(paced, 99),
+            "fire_p50_bare_hot": percentile(hot, 50), "fire_p99_bare_hot": percentile(hot, 99),
         }
+        figures["fire_p50_ratio_hot"] = figures["fire_p50"] / figures["fire_p50_bare_hot"]
         figures["fire_p50_ratio"] = figures["fire_p50"] / figures["fire_p50_bare"]
         figures["fire_p99_ratio"] = figures["fire_p99"] / figures["fire_p99_bare"]
         return figures
+
+    def embedded_fire_latency(self) -> Figures:
+        """Fire latency on the embedded default (filesystem broker, SQLite results and store in a
+        folder of its own): one worker and beat, the same trigger as :meth:`fire_latency`."""
+        k, warm = self.size.fire_samples, 3
+        svc = self.svc
+        svc.reset_redis()
+        with self.processes(EMBEDDED, "latency", 1, self.size.fire_interval) as procs:
+            procs.worker()
+            self.wait_ready(procs, workers=1)
+            procs.beat()
+            timeout = 120 + (warm + k) * self.size.fire_interval * 3
+            self.wait(lambda: svc.redis.llen("bench:fire_latency") >= warm + k, timeout,
+                      f"{warm + k} fires", procs)
+            fired = [float(v) for v in svc.redis.lrange("bench:fire_latency", warm, warm + k - 1)]
+        return {"embedded_fire_p50": percentile(fired, 50), "embedded_fire_p99": percentile(fired, 99)}
 
     # -- 3. writes per fire -------------------------------------------------------------
 
@@ -417,6 +444,7 @@ class Bench:
         for name, step in (
             ("skip-poll throughput", self.skip_throughput),
             ("fire latency", self.fire_latency),
+            ("fire latency, embedded default", self.embedded_fire_latency),
             ("writes per fire", self.fire_writes),
             ("scale", lambda: self.scale(self.size.scale_triggers, "scale")),
             ("scale, bare Celery", lambda: self.scale(self.size.scale_triggers, "scale", bare=True)),

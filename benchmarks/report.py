@@ -35,9 +35,14 @@ def rows(size: Size) -> list[Row]:
     return [
         Row("Skip-poll throughput, tasks/s (one worker, prefork -c 2)", "skip_rate", "skip_rate_bare",
             "skip_ratio", "ratio ≥ 0.80", lambda v: v >= 0.80, 0),
-        Row("Fire latency p50, ms (poll start → first step; bare: no-op round trip)", "fire_p50",
-            "fire_p50_bare", "fire_p50_ratio", "ratio ≤ 2.0", lambda v: v <= 2.0, 1),
+        Row("Fire latency p50, ms (poll start → first step; bare: no-op round trip, one per fire "
+            "interval)", "fire_p50", "fire_p50_bare", "fire_p50_ratio", "ratio ≤ 1.5", lambda v: v <= 1.5, 1),
         Row("Fire latency p99, ms", "fire_p99", "fire_p99_bare", "fire_p99_ratio", digits=1),
+        Row("Fire latency p50, ms, against back-to-back bare round trips (a hotter machine)", "fire_p50",
+            "fire_p50_bare_hot", "fire_p50_ratio_hot", digits=1),
+        Row("Fire latency on the embedded default (filesystem broker, SQLite), p50, ms",
+            "embedded_fire_p50", digits=1),
+        Row("Fire latency on the embedded default, p99, ms", "embedded_fire_p99", digits=1),
         Row(f"Scale {heavy}: share of expected polls executed (1 beat, 2 workers -c 2; bare: "
             f"{size.scale_triggers:,} no-op tasks/s)", "scale_share", "scale_share_bare",
             target="≥ 0.99", met=lambda v: v >= 0.99, digits=3),
@@ -245,13 +250,22 @@ def page(
         "  10% and 90% of the backlog. Bare side: the same number of no-op tasks, the same worker.",
         "  Tasks are counted in the worker by a `task_postrun` handler that sends its counts to",
         "  Redis in batches (the same cost on both sides).",
-        "- **Fire latency**: one `allow_concurrent=True` trigger at"
-        f" {size.fire_interval * 1000:g} ms that fires every poll,",
+        "- **Fire latency**: one trigger at"
+        f" {size.fire_interval * 1000:g} ms with the default overlap (`skip`, so each fire claims",
+        "  its context) that fires a new context every poll,",
         "  with beat and one worker running; the time from the `cloaca.poll` task starting",
         "  (`task_prerun`) to the body of the workflow's first step starting, over"
         f" {size.fire_samples} fires.",
         "  Bare side: `apply_async().get()` of a no-op task from the runner (Redis result backend),",
-        "  the same number of times, on the same worker.",
+        "  the same number of times, on the same worker, one every"
+        f" {size.fire_interval * 1000:g} ms like the fires (the ratio's",
+        "  baseline); and back to back, for comparison. On this machine a round trip that",
+        "  starts from idle costs several times one that follows another at once (PostgreSQL's",
+        "  `SELECT 1`: 0.3 ms back to back, 1.1 ms after 200 ms idle): the fires start from",
+        "  idle, so the back-to-back ratio compares a cold path with a hot one.",
+        "- **Fire latency on the embedded default**: the same trigger and worker with no broker",
+        "  configured (kombu's filesystem transport polled every 20 ms, SQLite results and store",
+        "  in a folder of their own); Redis only carries the benchmark's marks.",
         f"- **Scale**: {size.scale_triggers:,} (and, a lighter load, {size.light_triggers:,}, and ten"
         f" times as many, {size.large_triggers:,}) skipping triggers at 1 s, polled in batches"
         " (`cloaca_poll_batch_size` 50, the default),",

@@ -24,6 +24,7 @@ execution holding it, which deletes that row, either comes before or waits.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Collection, Iterable
@@ -322,13 +323,24 @@ class SqlStore:
             with self._reader.connect() as conn:
                 conn.execute(insert(executions).values(**row))
             return True
+        tried = False
+        if claim and self.dialect == "postgresql":
+            # One statement, one round trip (a fire's first step waits for it): the claim's
+            # INSERT ... ON CONFLICT DO NOTHING feeds the execution's, so the row is written only
+            # with its claim. If the work is claimed, whether its holder has ended is decided below.
+            new_claim = rules.claim_row(execution, now)
+            params = {**row, **{f"claim_{name}": value for name, value in new_claim.items()}}
+            with self._reader.connect() as conn:
+                if conn.execute(_claiming_fire(tuple(row), tuple(new_claim)), params).first() is not None:
+                    return True
+            tried = True
         with self.engine.begin() as conn:
-            if claim and not self._claim(conn, execution, now):
+            if claim and not self._claim(conn, execution, now, tried):
                 return False
             conn.execute(insert(executions).values(**row))
         return True
 
-    def _claim(self, conn: Connection, execution: NewExecution, now: float) -> bool:
+    def _claim(self, conn: Connection, execution: NewExecution, now: float, tried: bool = False) -> bool:
         """Take the (trigger, context hash) claim in ``conn``'s transaction, or say it is held.
 
         PostgreSQL and SQLite first try ``INSERT ... ON CONFLICT DO NOTHING``:
@@ -336,12 +348,13 @@ class SqlStore:
         and on MySQL/MariaDB (where that INSERT would share-lock the row and
         two takeovers would deadlock), the holder is read and the claim taken
         over only if its execution is no longer active, and only from that
-        holder, so two takeovers cannot both win.
+        holder, so two takeovers cannot both win. ``tried``: that INSERT has just found the
+        claim held (see ``record_fire``).
         """
         c, e = claims, executions
         new_claim = rules.claim_row(execution, now)
         key = c.c.claim_key == new_claim["claim_key"]
-        if self.dialect in ("postgresql", "sqlite"):
+        if self.dialect in ("postgresql", "sqlite") and not tried:
             insert_new = self._insert_missing(c).values(**new_claim)
             # psycopg reports -1 rows for ON CONFLICT DO NOTHING: ask for the row instead.
             if conn.execute(insert_new.returning(c.c.execution_id)).first() is not None:
@@ -693,6 +706,23 @@ def _start_step_postgresql() -> Any:
     )).select_from(started.join(lazy, true()))
     insert_row = postgresql.insert(steps).from_select(list(_STEP_ROW), source)
     return _or_set_change(insert_row).returning(steps.c.task_id)
+
+
+@functools.cache
+def _claiming_fire(execution_fields: tuple[str, ...], claim_fields: tuple[str, ...]) -> Any:
+    """``SqlStore.record_fire`` of a claiming fire on PostgreSQL, in one statement: the claim's
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` is the source of the execution's INSERT, so
+    both rows are written, or (the work is claimed) neither. Parameters: the execution row's
+    fields, and the claim row's prefixed ``claim_``."""
+    c, e = claims, executions
+    claimed = postgresql.insert(c).values(
+        {name: bindparam(f"claim_{name}", type_=c.c[name].type) for name in claim_fields}
+    ).on_conflict_do_nothing().returning(c.c.execution_id).cte("claimed")
+    source = select(*(
+        claimed.c.execution_id if name == "execution_id" else bindparam(name, type_=e.c[name].type)
+        for name in execution_fields
+    ))
+    return insert(e).from_select(list(execution_fields), source).returning(e.c.execution_id)
 
 
 _START_EXECUTION = _start_execution()

@@ -6,10 +6,13 @@ Configured from the environment by :mod:`benchmarks.run`:
 * ``BENCH_DATABASE_URL`` - the PostgreSQL store (a private schema via ``search_path``);
 * ``BENCH_MODE`` - ``skip`` (triggers that return skip), ``scale`` (skip, and
   every evaluation and poll start is recorded), ``fire`` (triggers that fire
-  every poll, the default ``allow_concurrent=False``) or ``latency`` (one
-  ``allow_concurrent=True`` trigger whose first step records the fire latency) or
+  every poll, the default ``allow_concurrent=False``) or ``latency`` (one trigger
+  with the default overlap, firing a new context every poll, whose first step records the
+  fire latency) or
   ``recovery`` (one trigger that fires the same context while ``bench:recovery:go`` is set,
   into a step that sleeps ``bench:recovery:sleep`` seconds and records its start);
+* ``BENCH_EMBEDDED`` - a folder: run on the embedded default there instead (filesystem
+  broker, SQLite results and store; Redis then only carries the benchmark's own counts);
 * ``BENCH_TRIGGERS``, ``BENCH_INTERVAL`` - how many triggers, at which interval (seconds);
 * ``BENCH_FLUSH_EVERY`` - counter batch size (see :mod:`benchmarks.counting`);
 * ``BENCH_SQL_DETAIL`` - also count each statement by its first 100 characters
@@ -39,9 +42,16 @@ TRIGGERS = int(os.environ.get("BENCH_TRIGGERS", "0"))
 INTERVAL = float(os.environ.get("BENCH_INTERVAL", "300"))  # seconds
 WORKFLOW = "bench_flow"
 
-app = Celery("bench_app", broker=REDIS_URL, backend=REDIS_URL)
-app.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
-cloaca.install(app, database_url=DATABASE_URL)
+EMBEDDED = os.environ.get("BENCH_EMBEDDED", "")
+
+if EMBEDDED:  # the embedded default in that folder: no broker, backend or store configured
+    app = Celery("bench_app")
+    app.conf.update(broker_connection_retry_on_startup=True)
+    cloaca.install(app, home=EMBEDDED)
+else:
+    app = Celery("bench_app", broker=REDIS_URL, backend=REDIS_URL)
+    app.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
+    cloaca.install(app, database_url=DATABASE_URL)
 
 tally = Tally(REDIS_URL, int(os.environ.get("BENCH_FLUSH_EVERY", "50")))
 
@@ -229,8 +239,7 @@ if MODE == "recovery":
     cloaca.trigger(workflow="bench_recovery", name=trigger_name(0), poll_interval=INTERVAL)(recovery_poll)
 elif MODE == "latency":
     for i in range(TRIGGERS):
-        cloaca.trigger(workflow=WORKFLOW, name=trigger_name(i), poll_interval=INTERVAL,
-                       allow_concurrent=True)(latency_poll)
+        cloaca.trigger(workflow=WORKFLOW, name=trigger_name(i), poll_interval=INTERVAL)(latency_poll)
 else:
     for i in range(TRIGGERS):
         name = trigger_name(i)

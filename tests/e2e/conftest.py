@@ -85,8 +85,13 @@ def launch(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[
 
 
 @pytest.fixture
-def store_url(tmp_path: Path) -> str:
-    """The URL of the test's SQLite store file (the processes create its tables when they start)."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of the test's SQLite store file (the processes create its tables when they start).
+
+    A test parametrized indirectly with ``"postgresql"`` gets its own PostgreSQL schema instead.
+    """
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return str(request.getfixturevalue("pg_store_url"))
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 

@@ -56,6 +56,7 @@ def _active_watch(runner: DefaultRunner, name: str, seen: list[int]) -> Callable
     return active
 
 
+@pytest.mark.parametrize("store_url", ["sqlite", "postgresql"], indirect=True)
 def test_non_concurrent_trigger_never_runs_one_context_twice_at_once(
     launch: Callable[..., CeleryProject], redis_url: str, redis_client: Any, store_url: str,
     runner: DefaultRunner,
