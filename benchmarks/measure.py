@@ -27,6 +27,8 @@ HEALTH_TABLE = "cloaca_health"
 HEALTH_FLUSH = 5.5
 """A little more than the default ``cloaca_health_flush_interval`` (the benchmark app keeps it)."""
 LONG_INTERVAL = 300.0  # so a backlog of polls never expires or runs late while it drains
+DISPATCH_QUEUE = "cloaca.dispatch"
+"""The dispatcher's own queue in the ``dispatch_queue`` layout of :meth:`Bench.scale`."""
 EMBEDDED = "embedded"
 """The database URL of :meth:`Bench.processes` that runs them on the embedded default instead."""
 
@@ -111,15 +113,16 @@ class Bench:
         finally:
             store.close()
 
-    def dispatch(self, database_url: str) -> tuple[int, int, int, int]:
-        """Publish the due polls through the library's own dispatcher, from this process.
+    def dispatch(self, database_url: str, batched: bool = False) -> tuple[int, int, int, int]:
+        """Publish the due polls through the library's own dispatcher, from this process (one
+        message per poll, or ``batched`` as beat's dispatcher sends them).
 
         Returns (polls sent, write statements, rows written, all statements) of the dispatch.
         """
         from celery import Celery
 
         import cloaca_celery as cloaca
-        from cloaca_celery.builtin_tasks import POLL_TASK
+        from cloaca_celery.builtin_tasks import POLL_BATCH_TASK, POLL_TASK
         from cloaca_celery.dispatch import dispatch_due
         from cloaca_celery.installation import get_installation
 
@@ -131,6 +134,7 @@ class Bench:
         writes, rows, statements = self.sql.writes, self.sql.rows, self.sql.all
         try:
             sent = dispatch_due(app, settings, store, installation.clock, POLL_TASK, {},
+                                batch_task=POLL_BATCH_TASK if batched else None,
                                 limit=settings.dispatch_batch_size)
         finally:
             writes, rows, statements = (
@@ -321,8 +325,12 @@ class Bench:
 
     # -- 4. scale: many triggers at 1 s, one beat, two workers -----------------------------
 
-    def scale(self, count: int, key: str, bare: bool = False) -> Figures:
+    def scale(self, count: int, key: str, bare: bool = False, layout: str = "") -> Figures:
         """``count`` triggers at 1 s with one beat and two workers; figures named ``<key>_...``.
+
+        ``layout="dispatch_queue"``: the dispatcher on a queue of its own
+        (``cloaca_dispatch_queue``) and a third worker (``-c 1``) for it alone;
+        ``"two_beats"``: two beats instead of one.
 
         ``bare``: the same load in bare Celery, for comparison: no beat and no
         triggers; this process sends ``count`` no-op tasks a second, each
@@ -339,12 +347,20 @@ class Bench:
         stop = threading.Event()
         with svc.schema() as (_schema, url):
             svc.reset_redis()
-            with self.processes(url, "scale", 0 if bare else count, interval) as procs:
-                if not bare:
-                    procs.beat()
-                procs.worker("worker1")
-                procs.worker("worker2")
-                self.wait_ready(procs, workers=2, beats=0 if bare else 1)
+            procs = self.processes(url, "scale", 0 if bare else count, interval)
+            beats = 0 if bare else 2 if layout == "two_beats" else 1
+            queues = None
+            if layout == "dispatch_queue":
+                procs.env["BENCH_DISPATCH_QUEUE"] = DISPATCH_QUEUE
+                queues = "celery"
+            with procs:
+                for number in range(beats):
+                    procs.beat(f"beat{number + 1}")
+                procs.worker("worker1", queues=queues)
+                procs.worker("worker2", queues=queues)
+                if layout == "dispatch_queue":
+                    procs.worker("dispatcher", concurrency=1, queues=DISPATCH_QUEUE)
+                self.wait_ready(procs, workers=3 if layout == "dispatch_queue" else 2, beats=beats)
                 sender = threading.Thread(target=self._send_slots, args=(count, interval, stop), daemon=True)
                 if bare:
                     sender.start()
@@ -413,6 +429,65 @@ class Bench:
         finally:
             client.close()
 
+    # -- 4b. what one operation costs: the store's claims, a dispatcher, a worker process --------
+
+    def operation_costs(self) -> Figures:
+        """The per-operation costs that bound a deployment (``docs/performance.md``, several hosts).
+
+        With ``large_triggers`` triggers due at once: the claim statements alone
+        (``claim_due`` from this process, in the dispatcher's chunks), the whole
+        dispatch (claims and batched messages, from this process), and one
+        worker process (``-P solo``) draining those batches.
+        """
+        import cloaca_celery as cloaca
+        from cloaca_celery.settings import DEFAULTS
+        from cloaca_celery.sqlstore import SqlStore
+        from cloaca_celery.testing import isolated_registries
+
+        n, svc = self.size.large_triggers, self.svc
+        chunk = int(DEFAULTS["dispatch_batch_size"])
+        with svc.schema() as (_schema, url):
+            self.prepare_store(url, n, LONG_INTERVAL, allow_concurrent=False)
+            store = SqlStore(url)
+            try:
+                started, claimed = time.perf_counter(), 0
+                while claimed < n:
+                    got = len(store.claim_due(time.time(), chunk))
+                    if not got:
+                        raise RuntimeError(f"claim_due claimed {claimed} of {n} due triggers")
+                    claimed += got
+                claim_seconds = time.perf_counter() - started
+            finally:
+                store.close()
+        with svc.schema() as (_schema, url), isolated_registries():
+            self.prepare_store(url, n, LONG_INTERVAL, allow_concurrent=False)
+            svc.reset_redis()
+            # The dispatcher batches the triggers its process knows to be cheap: these skip.
+            for i in range(n):
+                cloaca.trigger(workflow=WORKFLOW, name=trigger_name(i), poll_interval=LONG_INTERVAL)(_skip)
+            started, sent = time.perf_counter(), 0
+            while sent < n:
+                got = self.dispatch(url, batched=True)[0]
+                if not got:
+                    raise RuntimeError(f"the dispatcher sent {sent} of {n} due polls")
+                sent += got
+            dispatch_seconds = time.perf_counter() - started
+            batches = svc.redis.llen("celery")
+            with self.processes(url, "skip", n, LONG_INTERVAL) as procs:
+                procs.worker("solo", concurrency=1, pool="solo")
+                self.wait_ready(procs, workers=1)
+                key = "bench:done:cloaca.poll_batch"
+                start_count, started = svc.count(key), time.perf_counter()
+                self.wait(lambda: svc.count(key) >= batches, 120 + n / 100, f"{batches} batches", procs)
+                drain_seconds = time.perf_counter() - started
+                drained = (batches - start_count) / max(batches, 1) * n
+        return {
+            "cost_claim_rate": n / claim_seconds,
+            "cost_dispatch_rate": n / dispatch_seconds,
+            "cost_batch_size": n / max(batches, 1),
+            "cost_worker_rate": drained / drain_seconds,
+        }
+
     # -- 5. beat memory ---------------------------------------------------------------------
 
     def beat_memory(self) -> Figures:
@@ -451,6 +526,11 @@ class Bench:
             ("scale, lighter load", lambda: self.scale(self.size.light_triggers, "light")),
             ("scale, 10x", lambda: self.scale(self.size.large_triggers, "large")),
             ("scale 10x, bare Celery", lambda: self.scale(self.size.large_triggers, "large", bare=True)),
+            ("scale 10x, dispatcher on its own queue and worker",
+             lambda: self.scale(self.size.large_triggers, "large_dq", layout="dispatch_queue")),
+            ("scale 10x, two beats",
+             lambda: self.scale(self.size.large_triggers, "large_2b", layout="two_beats")),
+            ("per-operation costs", self.operation_costs),
             ("beat memory", self.beat_memory),
             ("recovery from a killed worker", lambda: recovery(self)),
         ):
@@ -461,6 +541,12 @@ class Bench:
             if figures.get(f"{key}_share_bare"):
                 figures[f"{key}_share_ratio"] = figures[f"{key}_share"] / figures[f"{key}_share_bare"]
         return figures
+
+
+def _skip() -> Any:
+    import cloaca_celery as cloaca
+
+    return cloaca.TriggerResult.skip()
 
 
 def trigger_name(index: int) -> str:

@@ -79,13 +79,16 @@ class Processes:
         self.procs: list[Proc] = []
 
     def worker(
-        self, name: str = "worker", concurrency: int = 2, pool: str = "prefork", wrap: list[str] | None = None
+        self, name: str = "worker", concurrency: int = 2, pool: str = "prefork",
+        wrap: list[str] | None = None, queues: str | None = None,
     ) -> Proc:
-        """A worker; ``wrap`` runs it under another module (``["-m", "pyinstrument", ...]``)."""
+        """A worker; ``wrap`` runs it under another module (``["-m", "pyinstrument", ...]``);
+        ``queues``: its ``-Q``."""
         args = [
             "worker", "-l", "warning", "-P", pool, "-c", str(concurrency),
             "-n", f"{name}-{uuid.uuid4().hex[:6]}@%h",
             "--without-mingle", "--without-gossip", "--without-heartbeat",
+            *(["-Q", queues] if queues else []),
         ]
         return self._start(name, args, wrap)
 

@@ -71,6 +71,13 @@ def rows(size: Size) -> list[Row]:
             target="≤ 0.05", met=lambda v: v <= 0.05),
         Row(f"Scale {large}: store rows written per executed poll (rowcount)", "large_rows",
             target="≤ 1", met=at_most_one),
+        *(row for layout, title in (("large_dq", "dispatcher on its own queue and worker (-c 1)"),
+                                    ("large_2b", "two beats"))
+          for row in (
+            Row(f"Scale {large}, {title}: share of expected polls executed", f"{layout}_share", digits=3),
+            Row(f"Scale {large}, {title}: polls executed per second", f"{layout}_rate", digits=0),
+            Row(f"Scale {large}, {title}: poll lateness p99, ms", f"{layout}_late_p99", digits=1),
+        )),
         Row(f"Scale {light}: share of expected polls executed", "light_share",
             target="≥ 0.95", met=lambda v: v >= 0.95, digits=3),
         Row(f"Scale {light}: poll lateness p50, ms", "light_late_p50", digits=1),
@@ -91,6 +98,13 @@ def rows(size: Size) -> list[Row]:
         Row("Store rows written per fire (pg_stat_user_tables)", "fire_rows"),
         Row("Store write statements per fire (SQLAlchemy)", "fire_writes"),
         Row("Store statements of any kind per fire", "fire_statements"),
+        Row(f"Per operation ({size.large_triggers:,} due at once): slot claims per second, the store's "
+            "claim statements alone (one process)", "cost_claim_rate", digits=0),
+        Row("Per operation: polls dispatched per second by one dispatcher (claims and batched messages)",
+            "cost_dispatch_rate", digits=0),
+        Row("Per operation: polls per batch message", "cost_batch_size", digits=1),
+        Row("Per operation: skipping polls run per second by one worker process (-P solo, batched)",
+            "cost_worker_rate", digits=0),
         Row(f"Beat RSS, MiB ({memory})", "beat_rss_many", "beat_rss_none", "beat_rss_ratio", digits=1),
         Row("Beat memory per trigger, bytes", "beat_bytes_per_trigger", digits=0),
         Row(f"Beat start-up (process start to cloaca's sync done), s ({memory})",
@@ -208,6 +222,79 @@ def load_average() -> str:
 def method_notes(runs: list[dict[str, Any]]) -> list[str]:
     keys = ("scale_late_method", "light_late_method", "large_late_method")
     return sorted({str(r[k]) for r in runs for k in keys if r.get(k)})
+
+
+def several_hosts(runs: list[dict[str, Any]], size: Size) -> list[str]:
+    """The section on sizing a deployment of several hosts, from this run's per-operation figures."""
+    def median(key: str) -> float:
+        return median_spread(runs, key)[0]
+
+    worker, dispatcher, claims, batch = (median(f"cost_{k}") for k in ("worker_rate", "dispatch_rate",
+                                                                         "claim_rate", "batch_size"))
+    if any(math.isnan(v) or v <= 0 for v in (worker, dispatcher, claims, batch)):
+        return []
+    large = f"{size.large_triggers:,}"
+
+    def served(hosts: int) -> str:
+        return f"{hosts * 2 * worker:,.0f}"
+
+    def layout(key: str) -> str:
+        share, rate, late = median(f"{key}_share"), median(f"{key}_rate"), median(f"{key}_late_p99")
+        return f"share {share:.3f}, {rate:,.0f} polls/s, lateness p99 {late:,.0f} ms"
+
+    return [
+        "## Several hosts",
+        "",
+        "The rows *per operation* above say what each part of a deployment costs, from this run:",
+        "",
+        f"- **A worker process** runs about {worker:,.0f} skipping polls a second, batched"
+        f" ({batch:.0f} a message), so",
+        f"  {1e6 / worker:,.0f} µs of one core per poll, the message's share included. A trigger",
+        "  that does I/O adds its own poll duration (the `stats` command shows it per trigger).",
+        "- **A dispatcher** (one `cloaca.dispatch` task, in whichever worker takes beat's tick)",
+        f"  claims and sends about {dispatcher:,.0f} polls a second: {1e6 / dispatcher:,.0f} µs per poll,",
+        "  paid once per poll beside the poll itself.",
+        f"- **The store** claims about {claims:,.0f} slots a second from one connection: one",
+        "  `UPDATE ... RETURNING` per tick claims up to `cloaca_dispatch_batch_size` (5,000) due",
+        "  slots, and writes one row per slot. Dispatchers on several workers or beats claim at",
+        "  once without waiting for each other (`FOR UPDATE SKIP LOCKED`): they share the",
+        "  database's CPU and write-ahead log, not a lock.",
+        f"- **The broker** carries one message per {batch:.0f} polls plus one dispatch tick per beat",
+        "  every twentieth of the shortest poll interval (50 ms at most often): far below one",
+        "  message per poll, the load bare Celery would put on it.",
+        "- **Beat** sends ticks; its CPU does not grow with the number of due polls (the beat rows).",
+        "",
+        "So the ceiling is the workers' CPU long before the store or the broker. With hosts of",
+        "two worker processes (this machine's size), polls served a second at full CPU, leaving",
+        "no room for workflows:",
+        "",
+        "| hosts | worker processes | skipping polls a second |",
+        "| ---: | ---: | ---: |",
+        *[f"| {hosts} | {hosts * 2} | {served(hosts)} |" for hosts in (1, 2, 4, 8, 16)],
+        "",
+        f"and the dispatch of them costs one dispatcher {1 / dispatcher * 2 * worker * 100:.0f}%"
+        " of a core per host's worth of polls, the",
+        f"store {100 * 2 * worker / claims:.0f}% of one connection's claim rate per host. On this machine",
+        "the measured figures stop there: two cores hold the workers, beat, PostgreSQL and Redis",
+        f"together, so the {large}-trigger load is CPU-bound on all of them at once. The same",
+        "load with the other layouts, same machine:",
+        "",
+        f"- one beat, two workers `-c 2` (the scale rows): {layout('large')};",
+        "- the dispatcher on a queue of its own (`cloaca_dispatch_queue`) and a third worker",
+        f"  `-c 1` consuming only it: {layout('large_dq')};",
+        f"- two beats: {layout('large_2b')}.",
+        "",
+        "Past one database's claim rate, or to keep the dispatch clear of backed-up queues:",
+        "",
+        "- put the dispatch on its own queue and worker (`cloaca_dispatch_queue`) and the polls on",
+        "  theirs (`cloaca_poll_queue`), so a backlog of workflow steps never delays a tick;",
+        "- run a beat per host (or two): each sends its own ticks and the dispatchers claim disjoint",
+        "  due slots, so no poll is sent twice (`tests/e2e/test_dedup.py` checks it with two beats);",
+        "- past what one PostgreSQL writes, split the triggers into groups, each an app module with",
+        "  its own `cloaca_database_url` (its own database) and queues, started by workers and a beat",
+        "  of its own: groups share nothing, so their claim rates add up.",
+        "",
+    ]
 
 
 def page(
@@ -337,6 +424,7 @@ def page(
         'the load again (nearly every due poll runs again); and the same on a solo',
         'worker with batching off, where the bound is only that polling never stops.',
         "",
+        *several_hosts(runs, size),
         "## Machine",
         "",
         "| | |",

@@ -13,6 +13,7 @@ Configured from the environment by :mod:`benchmarks.run`:
   into a step that sleeps ``bench:recovery:sleep`` seconds and records its start);
 * ``BENCH_EMBEDDED`` - a folder: run on the embedded default there instead (filesystem
   broker, SQLite results and store; Redis then only carries the benchmark's own counts);
+* ``BENCH_DISPATCH_QUEUE`` - ``cloaca_dispatch_queue`` (the dispatcher's own queue);
 * ``BENCH_TRIGGERS``, ``BENCH_INTERVAL`` - how many triggers, at which interval (seconds);
 * ``BENCH_FLUSH_EVERY`` - counter batch size (see :mod:`benchmarks.counting`);
 * ``BENCH_SQL_DETAIL`` - also count each statement by its first 100 characters
@@ -51,7 +52,7 @@ if EMBEDDED:  # the embedded default in that folder: no broker, backend or store
 else:
     app = Celery("bench_app", broker=REDIS_URL, backend=REDIS_URL)
     app.conf.update(broker_connection_retry_on_startup=True, result_expires=600)
-    cloaca.install(app, database_url=DATABASE_URL)
+    cloaca.install(app, database_url=DATABASE_URL, dispatch_queue=os.environ.get("BENCH_DISPATCH_QUEUE"))
 
 tally = Tally(REDIS_URL, int(os.environ.get("BENCH_FLUSH_EVERY", "50")))
 
