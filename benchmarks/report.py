@@ -235,8 +235,10 @@ def several_hosts(runs: list[dict[str, Any]], size: Size) -> list[str]:
         return []
     large = f"{size.large_triggers:,}"
 
-    def served(hosts: int) -> str:
-        return f"{hosts * 2 * worker:,.0f}"
+    per_poll = 1e6 / worker + 1e6 / dispatcher  # µs of the workers' time, dispatch included
+
+    def served(hosts: int) -> float:
+        return hosts * 2 * 1e6 / per_poll
 
     def layout(key: str) -> str:
         share, rate, late = median(f"{key}_share"), median(f"{key}_rate"), median(f"{key}_late_p99")
@@ -264,19 +266,22 @@ def several_hosts(runs: list[dict[str, Any]], size: Size) -> list[str]:
         "  message per poll, the load bare Celery would put on it.",
         "- **Beat** sends ticks; its CPU does not grow with the number of due polls (the beat rows).",
         "",
-        "So the ceiling is the workers' CPU long before the store or the broker. With hosts of",
-        "two worker processes (this machine's size), polls served a second at full CPU, leaving",
-        "no room for workflows:",
+        f"So a poll costs the workers about {per_poll:,.0f} µs (the dispatch's share includes its waits",
+        "on PostgreSQL and Redis, so this is an upper bound). Hosts of two worker processes",
+        "(this machine's size) serve, at full CPU and leaving no room for workflows:",
         "",
-        "| hosts | worker processes | skipping polls a second |",
-        "| ---: | ---: | ---: |",
-        *[f"| {hosts} | {hosts * 2} | {served(hosts)} |" for hosts in (1, 2, 4, 8, 16)],
+        "| hosts | worker processes | skipping polls a second | the store's claims, in connections' worth |",
+        "| ---: | ---: | ---: | ---: |",
+        *[f"| {hosts} | {hosts * 2} | {served(hosts):,.0f} | {served(hosts) / claims:.1f} |"
+          for hosts in (1, 2, 4, 8, 16)],
         "",
-        f"and the dispatch of them costs one dispatcher {1 / dispatcher * 2 * worker * 100:.0f}%"
-        " of a core per host's worth of polls, the",
-        f"store {100 * 2 * worker / claims:.0f}% of one connection's claim rate per host. On this machine",
-        "the measured figures stop there: two cores hold the workers, beat, PostgreSQL and Redis",
-        f"together, so the {large}-trigger load is CPU-bound on all of them at once. The same",
+        "The workers' CPU is the first ceiling, and it grows with the hosts. The first shared one",
+        "is the store: every claimed slot is a row written (the health counts add a fraction of",
+        "one per poll: the scale rows), and past a few connections' worth of claims the",
+        "database's CPU and write-ahead log bound them. The broker and beat come",
+        "far later. On this machine the measured figures stop there: two cores hold the",
+        f"workers, beat, PostgreSQL and Redis together, so the {large}-trigger load is CPU-bound",
+        "on all of them at once (and each poll there also records its lateness in Redis). The same",
         "load with the other layouts, same machine:",
         "",
         f"- one beat, two workers `-c 2` (the scale rows): {layout('large')};",
