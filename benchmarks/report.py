@@ -151,7 +151,7 @@ def table(runs: list[dict[str, Any]], size: Size) -> str:
             value = value if math.isnan(value) else round(value, ratio_digits if row.ratio else row.digits)
             met = "" if math.isnan(value) else ("yes" if row.met(value) else "**no**")
         # Times are measured in seconds and shown in ms.
-        scale_ms = row.cloaca.startswith("fire_p")
+        scale_ms = row.cloaca.startswith(("fire_p", "embedded_fire_p"))
         shown = [_scaled(r, 1000.0 if scale_ms else 1.0, row) for r in runs]
         lines.append(
             f"| {row.label} | {cell(shown, row.cloaca, row.digits)} | "
