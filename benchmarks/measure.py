@@ -266,10 +266,7 @@ class Bench:
                 finally:
                     client.close()
                 procs.beat()
-                timeout = 120 + (warm + k) * self.size.fire_interval * 3
-                self.wait(lambda: svc.redis.llen("bench:fire_latency") >= warm + k, timeout,
-                          f"{warm + k} fires", procs)
-                fired = [float(v) for v in svc.redis.lrange("bench:fire_latency", warm, warm + k - 1)]
+                fired = self._fire_latencies(procs, warm)
         hot, paced = hot[warm:], paced[warm:]
         figures = {
             "fire_p50": percentile(fired, 50), "fire_p99": percentile(fired, 99),
@@ -284,18 +281,20 @@ class Bench:
     def embedded_fire_latency(self) -> Figures:
         """Fire latency on the embedded default (filesystem broker, SQLite results and store in a
         folder of its own): one worker and beat, the same trigger as :meth:`fire_latency`."""
-        k, warm = self.size.fire_samples, 3
-        svc = self.svc
-        svc.reset_redis()
+        self.svc.reset_redis()
         with self.processes(EMBEDDED, "latency", 1, self.size.fire_interval) as procs:
             procs.worker()
             self.wait_ready(procs, workers=1)
             procs.beat()
-            timeout = 120 + (warm + k) * self.size.fire_interval * 3
-            self.wait(lambda: svc.redis.llen("bench:fire_latency") >= warm + k, timeout,
-                      f"{warm + k} fires", procs)
-            fired = [float(v) for v in svc.redis.lrange("bench:fire_latency", warm, warm + k - 1)]
+            fired = self._fire_latencies(procs, warm=3)
         return {"embedded_fire_p50": percentile(fired, 50), "embedded_fire_p99": percentile(fired, 99)}
+
+    def _fire_latencies(self, procs: Processes, warm: int) -> list[float]:
+        """The latencies the workflow's first step records (``bench:fire_latency``), past ``warm``."""
+        k, redis = self.size.fire_samples, self.svc.redis
+        timeout = 120 + (warm + k) * self.size.fire_interval * 3
+        self.wait(lambda: redis.llen("bench:fire_latency") >= warm + k, timeout, f"{warm + k} fires", procs)
+        return [float(v) for v in redis.lrange("bench:fire_latency", warm, warm + k - 1)]
 
     # -- 3. writes per fire -------------------------------------------------------------
 
