@@ -23,7 +23,7 @@ from benchmarks.recovery import recovery
 from benchmarks.services import Services
 
 WORKFLOW = "bench_flow"
-HEALTH_TABLE = "cloaca_health"
+HEALTH_TABLE = "cloaca_health_minutes"
 HEALTH_FLUSH = 5.5
 """A little more than the default ``cloaca_health_flush_interval`` (the benchmark app keeps it)."""
 LONG_INTERVAL = 300.0  # so a backlog of polls never expires or runs late while it drains

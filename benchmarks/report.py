@@ -93,8 +93,8 @@ def rows(size: Size) -> list[Row]:
             "skip_writes_bare", target="≤ 1", met=at_most_one),
         Row("Backlog of skipped polls: store statements of any kind per poll", "skip_statements",
             "skip_statements_bare"),
-        Row("Backlog of skipped polls: of the rows per poll, health-count rows (cloaca_health; "
-            "each trigger polled once: its minute's row)", "skip_health_rows"),
+        Row("Backlog of skipped polls: of the rows per poll, health-count rows (cloaca_health_minutes: "
+            "at most 16 per flush and process)", "skip_health_rows", digits=3),
         Row("Store rows written per fire (pg_stat_user_tables)", "fire_rows"),
         Row("Store write statements per fire (SQLAlchemy)", "fire_writes"),
         Row("Store statements of any kind per fire", "fire_statements"),

@@ -33,7 +33,14 @@ from .builtin_tasks import DISPATCH_TASK, SWEEP_TASK, send_manual_poll, send_pre
 from .counters import HealthCounts, total
 from .durations import format_duration, parse_duration
 from .errors import CloacaError, ConfigurationError, UnknownTriggerError
-from .health import STALE_AFTER_INTERVALS, UNHEALTHY_AFTER_ERRORS, assess_all, assess_schedule, slack_of
+from .health import (
+    STALE_AFTER_INTERVALS,
+    UNHEALTHY_AFTER_ERRORS,
+    assess_all,
+    assess_schedule,
+    counted_since,
+    slack_of,
+)
 from .installation import Installation, get_installation
 from .preview import Preview, preview_trigger
 from .store import STATUSES, Store
@@ -419,8 +426,9 @@ def check(ctx: click.Context, as_json: bool) -> None:
         store = _store(inst)
         store_url = store.url
         schedules = store.list_schedules()
-        last_polls = store.last_polls()
         now = datetime.fromtimestamp(store.now(), tz=timezone.utc)
+        slack = slack_of(settings.health_flush_interval)
+        last_polls = store.last_polls(counted_since(schedules, now, slack))
     except Exception as exc:  # noqa: BLE001 - reported as a problem, not a traceback
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         problems.append({"trigger": None,
@@ -428,7 +436,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
         code = EX_UNAVAILABLE if not isinstance(exc, ConfigurationError) else EX_CONFIG
         schedules = []
         settings = None
-        last_polls, now = {}, datetime.now(timezone.utc)
+        last_polls, now, slack = {}, datetime.now(timezone.utc), slack_of(5.0)
     else:
         passed.append(f"store reachable ({store_url})")
     beat = inst.app.conf.beat_schedule or {}
@@ -437,7 +445,6 @@ def check(ctx: click.Context, as_json: bool) -> None:
             problems.append({"trigger": None, "message": f"beat entry {entry!r} missing: is "
                              "install(app) called in the module that -A names?"})
     defined = set(triggers.names())
-    slack = slack_of(settings.health_flush_interval if settings is not None else 5.0)
     mine = [schedule for schedule in schedules if schedule["trigger_name"] in defined]
     for health in assess_all(mine, last_polls, now, slack):
         finding = {"trigger": health.trigger_name, "message": health.reason}

@@ -1,4 +1,4 @@
-"""Trigger health counters: counted in each process, written a row per trigger and minute at a time.
+"""Trigger health counters: counted in each process, written a row per group of triggers and minute.
 
 A skipped poll must cost the store nothing, so a poll is not a write: each
 process counts, per (trigger, minute of the store's clock), its polls, skips,
@@ -6,8 +6,12 @@ fires, fires held back by the overlap policy (by policy), pending fires,
 cancelled executions, dropped pending fires, errors, polls dropped as late,
 the poll durations and the fire -> first step latencies. A daemon thread
 writes the counts that changed every ``cloaca_health_flush_interval`` (and
-the worker writes the rest when it stops): one row per trigger, minute and
-process, holding that process's totals for the minute. A row is replaced,
+the worker writes the rest when it stops): one row per minute, process and
+group of triggers (:func:`health_shard`: :data:`HEALTH_SHARDS` groups by a
+hash of the name), holding that process's totals for the minute of each
+trigger of the group. A skipped poll therefore adds no store row of its own:
+a flush writes at most :data:`HEALTH_SHARDS` rows however many triggers it
+counted. A row is replaced,
 never added to, so a write that failed is simply made again; rows of the
 same minute from several processes and hosts are summed when read
 (:func:`merge`).
@@ -24,6 +28,7 @@ import os
 import socket
 import threading
 import uuid
+import zlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +52,12 @@ COUNTS = (
 STOP_TIMEOUT = 5.0
 """Seconds a process that is ending waits for its last health counts to be written."""
 
+HEALTH_SHARDS = 16
+"""How many groups a process's health counts of a minute are written in (one row each).
+
+More groups make a trigger's chart read less (only its group's rows) and a
+flush write more rows; 16 keeps both small."""
+
 OUTCOMES = ("skips", "fires", "held", "errors")
 """What a poll that ran ended as (a poll is exactly one of them)."""
 
@@ -54,6 +65,11 @@ OUTCOMES = ("skips", "fires", "held", "errors")
 def minute_of(at: float) -> datetime:
     """The start of the minute (UTC) that holds epoch second ``at``."""
     return datetime.fromtimestamp(at - at % 60, tz=timezone.utc)
+
+
+def health_shard(trigger_name: str) -> int:
+    """The group (0 to :data:`HEALTH_SHARDS` - 1) whose health row holds ``trigger_name``'s counts."""
+    return zlib.crc32(trigger_name.encode("utf-8")) % HEALTH_SHARDS
 
 
 def _empty() -> list[int]:
@@ -306,17 +322,22 @@ class HealthCounter:
             self._row(trigger_name, started_at).latency_seconds.observe(started_at - fired_at)
 
     def flush(self) -> int:
-        """Write the rows that changed since the last flush; how many were written.
+        """Write the counts of the groups that changed since the last flush; how many triggers' rows
+        were written.
 
-        Rows of a minute that has passed are forgotten once written; a write
-        that fails keeps them for the next flush (the rows are totals, so a
-        repeated write is harmless).
+        A group (a minute and a :func:`health_shard`) is written whole: the
+        store replaces this process's row of the group, so it gets the totals
+        of every trigger of the group counted in that minute. Counts of a
+        minute that has passed are forgotten once written; a write that fails
+        keeps them for the next flush (the rows are totals, so a repeated
+        write is harmless).
         """
         with self._flush_lock:
             with self._lock:
                 if self._pid != os.getpid() or not self._dirty:
                     return 0
-                keys = sorted(self._dirty)
+                groups = {(minute, health_shard(name)) for name, minute in self._dirty}
+                keys = sorted(key for key in self._rows if (key[1], health_shard(key[0])) in groups)
                 rows = self._rows_of(keys)
                 self._dirty.clear()
                 process = self._process
@@ -326,9 +347,11 @@ class HealthCounter:
                 with self._lock:
                     self._dirty.update(key for key in keys if key in self._rows)
                 raise
-            current = minute_of(self._now())
+            # The minute before this one is kept: a count that comes in late for it (a poll that
+            # ended just before the minute turned) rewrites its group with every trigger's totals.
+            kept = minute_of(self._now() - 60)
             with self._lock:
-                for key in [key for key in self._rows if key[1] < current and key not in self._dirty]:
+                for key in [key for key in self._rows if key[1] < kept and key not in self._dirty]:
                     del self._rows[key]
                     self._last_poll.pop(key, None)
             return len(rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .durations import format_duration
@@ -112,6 +112,19 @@ def assess_all(
         assess_schedule(s, last_polled_at=last_polls.get(s["trigger_name"]), now=now, slack=slack)
         for s in schedules
     ]
+
+
+LOOK_BACK_AT_LEAST = 86400.0
+"""Seconds of health counts :func:`counted_since` reads at least."""
+
+
+def counted_since(schedules: Iterable[Mapping[str, Any]], now: datetime, slack: float) -> datetime:
+    """From when to read the health counts' last polls (:meth:`Store.last_polls`) for the "not polled"
+    rule: twice the longest time a trigger of ``schedules`` may go unpolled, and at least a day. A
+    poll older than that changes no verdict (the trigger is unhealthy either way), only the reason's
+    "last polled at" (then the schedule row's, or "never polled")."""
+    longest = max((STALE_AFTER_INTERVALS * float(s["poll_interval"]) + slack for s in schedules), default=0.0)
+    return now - timedelta(seconds=max(2 * longest, LOOK_BACK_AT_LEAST))
 
 
 def slack_of(flush_interval: float) -> float:

@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .counters import BUCKETS, HELD_POLICIES, Durations, HealthCounts, minute_of
-from .health import assess_all, last_polled, slack_of
+from .health import assess_all, counted_since, last_polled, slack_of
 from .settings import Settings
 from .store import Store
 
@@ -97,7 +97,9 @@ class HealthCollector(Collector):
             now = self.store.now()
             totals = self.totals.read(now)
             schedules = [s for s in self.store.list_schedules() if s["registered"]]
-            last_polls = self.store.last_polls()
+            slack = slack_of(self.settings.health_flush_interval)
+            at = datetime.fromtimestamp(now, tz=timezone.utc)
+            last_polls = self.store.last_polls(counted_since(schedules, at, slack))
         except Exception as exc:  # noqa: BLE001 - a scrape reports the outage instead of failing
             logger.warning("metrics: the store could not be read: %s", " ".join(str(exc).split())[:300])
             up.add_metric([], 0.0)
@@ -140,16 +142,15 @@ class HealthCollector(Collector):
         last = GaugeMetricFamily("cloaca_trigger_last_poll_timestamp_seconds",
                                  "When the trigger was last polled (epoch seconds)", labels=["trigger"])
         for schedule in schedules:
-            at = last_polled(schedule, last_polls.get(schedule["trigger_name"]))
-            if at is not None:
-                last.add_metric([schedule["trigger_name"]], at.timestamp())
+            polled = last_polled(schedule, last_polls.get(schedule["trigger_name"]))
+            if polled is not None:
+                last.add_metric([schedule["trigger_name"]], polled.timestamp())
         yield last
         unhealthy = GaugeMetricFamily(
             "cloaca_trigger_unhealthy", "1 if the trigger is unhealthy (see docs/health.md)",
             labels=["trigger"],
         )
-        at = datetime.fromtimestamp(now, tz=timezone.utc)
-        for health in assess_all(schedules, last_polls, at, slack_of(self.settings.health_flush_interval)):
+        for health in assess_all(schedules, last_polls, at, slack):
             unhealthy.add_metric([health.trigger_name], 1.0 if health.status == "unhealthy" else 0.0)
         yield unhealthy
 

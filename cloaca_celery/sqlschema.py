@@ -29,8 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-from .counters import COUNTS
-
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (naive UTC where tz is unsupported),
@@ -172,24 +170,21 @@ pending = Table(
 newer one pushes it out."""
 
 health = Table(
-    "cloaca_health",
+    "cloaca_health_minutes",
     metadata,
-    Column("health_key", String(320), primary_key=True),
-    Column("trigger_name", String(200), nullable=False),
+    Column("group_key", String(140), primary_key=True),
     Column("minute", UTCDateTime, nullable=False),
     Column("process", String(100), nullable=False),
-    *(Column(name, Integer, nullable=False, default=0) for name in COUNTS),
-    Column("poll_buckets", JSON, nullable=False),
-    Column("poll_seconds_sum", Double, nullable=False, default=0.0),
-    Column("poll_seconds_max", Double, nullable=False, default=0.0),
-    Column("latency_buckets", JSON, nullable=False),
-    Column("latency_seconds_sum", Double, nullable=False, default=0.0),
-    Column("latency_seconds_max", Double, nullable=False, default=0.0),
+    Column("shard", Integer, nullable=False),
+    Column("counts", JSON, nullable=False),
     Column("last_poll_at", UTCDateTime, nullable=True),
-    Index("ix_cloaca_health_trigger", "trigger_name", "minute"),
-    Index("ix_cloaca_health_minute", "minute"),
+    Index("ix_cloaca_health_min_shard", "shard", "minute"),
+    Index("ix_cloaca_health_min_minute", "minute"),
     **MYSQL_TABLE_OPTIONS,
 )
-"""Health counts: one row per (trigger, minute, process) holding that process's totals for the minute
-(``health_key`` is :func:`cloaca_celery.store.health_key` of the three), replaced at each flush; rows
-of a minute are summed when read. Durations are histograms over :data:`cloaca_celery.counters.BUCKETS`."""
+"""Health counts: one row per (minute, process, group of triggers) holding that process's totals for
+the minute of each trigger of the group, a JSON object by trigger name
+(:func:`cloaca_celery.store.health_entry`); ``group_key`` is :func:`cloaca_celery.store.health_group_key`
+of the three, ``shard`` the group (:func:`cloaca_celery.counters.health_shard`), ``last_poll_at`` the
+latest poll of the row. A row is replaced at each flush; the rows of a minute are summed when read.
+Durations are histograms over :data:`cloaca_celery.counters.BUCKETS`."""

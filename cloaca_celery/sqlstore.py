@@ -28,7 +28,7 @@ import functools
 import itertools
 import threading
 from collections.abc import Collection, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -54,7 +54,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from . import store as rules
-from .counters import HealthCounts
+from .counters import HealthCounts, health_shard
 from .sqlengine import create_store_engine, normalize_database_url, redact_url
 from .sqlschema import (
     MYSQL_TABLE_OPTIONS,
@@ -546,26 +546,26 @@ class SqlStore:
     # -- health counts -----------------------------------------------------------
 
     def save_health(self, process: str, rows: Collection[HealthCounts]) -> None:
-        values = [rules.health_row(process, row) for row in rows]
+        values = rules.health_rows(process, rows)
         if values:
             with self.engine.begin() as conn:
                 conn.execute(self._upsert_health, values)
 
     def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
         h = health
-        query = select(h).where(h.c.minute >= rules.health_since(since))
+        query = select(h.c.minute, h.c.counts).where(h.c.minute >= rules.health_since(since))
         if trigger_name is not None:
-            query = query.where(h.c.trigger_name == trigger_name)
+            query = query.where(h.c.shard == health_shard(trigger_name))
         with self.engine.connect() as conn:
-            return rules.merged_health(row._mapping for row in conn.execute(query))
+            return rules.merged_health((row._mapping for row in conn.execute(query)), trigger_name)
 
-    def last_polls(self) -> dict[str, datetime]:
+    def last_polls(self, since: datetime | None = None) -> dict[str, datetime]:
         h = health
-        query = select(h.c.trigger_name, func.max(h.c.last_poll_at).label("at")).group_by(h.c.trigger_name)
+        query = select(h.c.counts).where(h.c.last_poll_at.is_not(None))
+        if since is not None:
+            query = query.where(h.c.minute >= rules.health_since(since))
         with self.engine.connect() as conn:
-            found = conn.execute(query).all()
-        # func.max loses the column type on some backends: aware UTC again
-        return {row.trigger_name: _utc(row.at) for row in found if row.at is not None}
+            return rules.last_polls_of(row._mapping for row in conn.execute(query))
 
     def prune_health(self, before: datetime) -> int:
         with self.engine.begin() as conn:
@@ -630,21 +630,13 @@ class _PendingQueries:
         self.conn.execute(insert(executions).values(**row))
 
 
-def _utc(value: Any) -> datetime:
-    """A datetime read through an aggregate (a string on SQLite) as an aware UTC datetime."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def _health_upsert(dialect: str) -> Any:
     """Insert a health row, or replace the counts of the row with its key (the same process's)."""
-    changed = [name for name in rules.HEALTH_FIELDS if name != "health_key"]
+    changed = [name for name in rules.HEALTH_FIELDS if name != "group_key"]
     if dialect in ("postgresql", "sqlite"):
         upsert = (postgresql if dialect == "postgresql" else sqlite).insert(health)
         return upsert.on_conflict_do_update(
-            index_elements=[health.c.health_key], set_={name: upsert.excluded[name] for name in changed}
+            index_elements=[health.c.group_key], set_={name: upsert.excluded[name] for name in changed}
         )
     if dialect in ("mysql", "mariadb"):
         row = mysql.insert(health)

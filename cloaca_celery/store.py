@@ -18,13 +18,14 @@ seconds (floats); the deadlines of executions are on the store's clock
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol, runtime_checkable
 
-from .counters import COUNTS, Durations, HealthCounts, merge
+from .counters import COUNTS, Durations, HealthCounts, health_shard, merge
 from .errors import ConfigurationError, UnknownTriggerError
 
 OVERLAP_POLICIES = ("skip", "allow", "buffer_one", "buffer_all", "cancel_other", "terminate_other")
@@ -493,9 +494,10 @@ class Store(Protocol):
         ...
 
     def save_health(self, process: str, rows: Collection[HealthCounts]) -> None:
-        """Save a process's health counts: each row replaces that process's row of the same trigger
-        and minute (:func:`health_key`), in one transaction. Rows are a process's totals for the
-        minute, so saving one again changes nothing."""
+        """Save a process's health counts, in one transaction: one stored row per minute and group of
+        triggers (:func:`health_rows`), replacing that process's row of the same minute and group.
+        ``rows`` are a process's totals for the minute, of every trigger of each group they touch,
+        so saving them again changes nothing."""
         ...
 
     def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
@@ -504,8 +506,9 @@ class Store(Protocol):
         by trigger then minute."""
         ...
 
-    def last_polls(self) -> dict[str, datetime]:
-        """When each trigger with health rows was last polled, by any process (as far as written)."""
+    def last_polls(self, since: datetime | None = None) -> dict[str, datetime]:
+        """When each trigger with health rows was last polled, by any process (as far as written);
+        with ``since``, as counted in the minutes from the one holding it on (fewer rows to read)."""
         ...
 
     def prune_health(self, before: datetime) -> int:
@@ -1125,39 +1128,39 @@ def start_pending(
 
 # -- health counts -----------------------------------------------------------------------
 
-HEALTH_KEY_LIMIT = 320
-"""The length of ``cloaca_health.health_key``."""
-
-HEALTH_FIELDS = (
-    "health_key", "trigger_name", "minute", "process", *COUNTS,
-    "poll_buckets", "poll_seconds_sum", "poll_seconds_max",
-    "latency_buckets", "latency_seconds_sum", "latency_seconds_max", "last_poll_at",
-)
-"""The columns of a health row."""
+HEALTH_FIELDS = ("group_key", "minute", "process", "shard", "counts", "last_poll_at")
+"""The columns of a health row (``cloaca_health_minutes``): one process's counts of one minute for
+the triggers of one group (:func:`cloaca_celery.counters.health_shard`)."""
 
 
-def health_key(trigger_name: str, minute: datetime, process: str) -> str:
-    """The primary key of a health row: ``"<minute epoch>\\x1f<process>\\x1f<trigger>"``.
+def health_group_key(minute: datetime, process: str, shard: int) -> str:
+    """The primary key of a health row: ``"<minute epoch>\x1f<process>\x1f<group>"``.
 
     One column, as for claims (Django before 5.2 has no composite key). The
-    minute has a fixed length and a process name no separator, so two rows
-    never make one key.
+    minute and the group have a fixed length and a process name no
+    separator, so two rows never make one key.
     """
-    return f"{int(minute.timestamp()):011d}\x1f{process[:100]}\x1f{trigger_name}"
+    return f"{int(minute.timestamp()):011d}\x1f{process[:100]}\x1f{shard:02d}"
 
 
-def health_row(process: str, counts: HealthCounts) -> dict[str, Any]:
-    """The row that stores ``counts`` (a process's totals of one trigger and minute)."""
+def _trimmed(buckets: list[int]) -> list[int]:
+    end = len(buckets)
+    while end and not buckets[end - 1]:
+        end -= 1
+    return buckets[:end]
+
+
+def health_entry(counts: HealthCounts) -> dict[str, Any]:
+    """One trigger's counts in a health row's ``counts`` (JSON): ``c`` the counts of
+    :data:`~cloaca_celery.counters.COUNTS` in order, ``p``/``l`` the poll duration and latency
+    histograms (trailing empty buckets left out) with their sums (``ps``/``ls``) and maxima
+    (``pm``/``lm``), ``at`` the last poll (epoch seconds, or ``None``)."""
+    polls, latency = counts.poll_seconds, counts.latency_seconds
     return {
-        "health_key": health_key(counts.trigger_name, counts.minute, process),
-        "trigger_name": counts.trigger_name, "minute": counts.minute, "process": process[:100],
-        **{name: getattr(counts, name) for name in COUNTS},
-        "poll_buckets": list(counts.poll_seconds.buckets),
-        "poll_seconds_sum": counts.poll_seconds.total, "poll_seconds_max": counts.poll_seconds.largest,
-        "latency_buckets": list(counts.latency_seconds.buckets),
-        "latency_seconds_sum": counts.latency_seconds.total,
-        "latency_seconds_max": counts.latency_seconds.largest,
-        "last_poll_at": counts.last_poll_at,
+        "c": [getattr(counts, name) for name in COUNTS],
+        "p": _trimmed(polls.buckets), "ps": polls.total, "pm": polls.largest,
+        "l": _trimmed(latency.buckets), "ls": latency.total, "lm": latency.largest,
+        "at": counts.last_poll_at.timestamp() if counts.last_poll_at is not None else None,
     }
 
 
@@ -1166,27 +1169,96 @@ def _buckets(value: Any, size: int) -> list[int]:
     return values + [0] * (size - len(values))
 
 
-def health_counts(row: Row) -> HealthCounts:
-    """A stored health row as :class:`HealthCounts`."""
+def health_counts(trigger_name: str, minute: datetime, entry: dict[str, Any]) -> HealthCounts:
+    """A trigger's :func:`health_entry` of a row's minute as :class:`HealthCounts`."""
     size = len(Durations().buckets)
-    minute = aware_utc(row["minute"])
-    assert minute is not None
+    numbers = [int(v) for v in entry.get("c") or []] + [0] * len(COUNTS)
+    at = entry.get("at")
     return HealthCounts(
-        trigger_name=row["trigger_name"], minute=minute,
-        **{name: int(row[name] or 0) for name in COUNTS},
-        poll_seconds=Durations(_buckets(row["poll_buckets"], size), float(row["poll_seconds_sum"] or 0),
-                               float(row["poll_seconds_max"] or 0)),
-        latency_seconds=Durations(
-            _buckets(row["latency_buckets"], size), float(row["latency_seconds_sum"] or 0),
-            float(row["latency_seconds_max"] or 0),
-        ),
-        last_poll_at=aware_utc(row["last_poll_at"]),
+        trigger_name, minute, **dict(zip(COUNTS, numbers, strict=False)),
+        poll_seconds=Durations(_buckets(entry.get("p"), size), float(entry.get("ps") or 0),
+                               float(entry.get("pm") or 0)),
+        latency_seconds=Durations(_buckets(entry.get("l"), size), float(entry.get("ls") or 0),
+                                  float(entry.get("lm") or 0)),
+        last_poll_at=datetime.fromtimestamp(float(at), tz=timezone.utc) if at is not None else None,
     )
 
 
-def merged_health(rows: Iterable[Row]) -> list[HealthCounts]:
-    """:meth:`Store.health` from the rows read."""
-    return merge(health_counts(row) for row in rows)
+def health_rows(process: str, rows: Iterable[HealthCounts]) -> list[dict[str, Any]]:
+    """The rows that store ``rows`` (a process's totals of each trigger and minute): one per minute
+    and group, in key order. Each replaces the process's row of its minute and group whole, so
+    ``rows`` must hold every trigger of a group the process counted in that minute (as
+    :meth:`cloaca_celery.counters.HealthCounter.flush` gives them)."""
+    groups: dict[tuple[datetime, int], dict[str, Any]] = {}
+    for counts in rows:
+        shard = health_shard(counts.trigger_name)
+        row = groups.get((counts.minute, shard))
+        if row is None:
+            row = groups[(counts.minute, shard)] = {
+                "group_key": health_group_key(counts.minute, process, shard), "minute": counts.minute,
+                "process": process[:100], "shard": shard, "counts": {}, "last_poll_at": None,
+            }
+        row["counts"][counts.trigger_name] = health_entry(counts)
+        if counts.last_poll_at is not None:
+            row["last_poll_at"] = max(row["last_poll_at"] or counts.last_poll_at, counts.last_poll_at)
+    return [groups[key] for key in sorted(groups)]
+
+
+def _counts_of(row: Row) -> dict[str, Any]:
+    counts = row["counts"]
+    if isinstance(counts, (str, bytes)):  # a JSON column read as text (MySQL through some drivers)
+        counts = json.loads(counts)
+    return dict(counts or {})
+
+
+def merged_health(rows: Iterable[Row], trigger_name: str | None = None) -> list[HealthCounts]:
+    """:meth:`Store.health` from the rows read (only ``trigger_name``'s counts, if given)."""
+    found = []
+    for row in rows:
+        minute = aware_utc(row["minute"])
+        assert minute is not None
+        for name, entry in _counts_of(row).items():
+            if trigger_name is None or name == trigger_name:
+                found.append(health_counts(name, minute, entry))
+    return merge(found)
+
+
+def last_polls_of(rows: Iterable[Row]) -> dict[str, datetime]:
+    """:meth:`Store.last_polls` from the rows read: each trigger's latest ``at``."""
+    latest: dict[str, float] = {}
+    for row in rows:
+        for name, entry in _counts_of(row).items():
+            at = entry.get("at")
+            if at is not None and at > latest.get(name, -math.inf):
+                latest[name] = float(at)
+    return {name: datetime.fromtimestamp(at, tz=timezone.utc) for name, at in sorted(latest.items())}
+
+
+def health_rows_from_per_trigger(rows: Iterable[Row]) -> Iterable[dict[str, Any]]:
+    """The health rows of counts stored a row per (trigger, minute, process), as before Alembic
+    revision 0008 and Django migration 0006 (``cloaca_health``); ``rows`` ordered by minute, then
+    process."""
+    size = len(Durations().buckets)
+    block: list[HealthCounts] = []
+    at: tuple[Any, Any] | None = None
+    for row in rows:
+        if (row["minute"], row["process"]) != at:
+            if block and at is not None:
+                yield from health_rows(at[1], block)
+            block, at = [], (row["minute"], row["process"])
+        minute = aware_utc(row["minute"])
+        assert minute is not None
+        block.append(HealthCounts(
+            row["trigger_name"], minute, **{name: int(row[name] or 0) for name in COUNTS},
+            poll_seconds=Durations(_buckets(row["poll_buckets"], size), float(row["poll_seconds_sum"] or 0),
+                                   float(row["poll_seconds_max"] or 0)),
+            latency_seconds=Durations(_buckets(row["latency_buckets"], size),
+                                      float(row["latency_seconds_sum"] or 0),
+                                      float(row["latency_seconds_max"] or 0)),
+            last_poll_at=aware_utc(row["last_poll_at"]),
+        ))
+    if block and at is not None:
+        yield from health_rows(at[1], block)
 
 
 def health_since(since: datetime) -> datetime:

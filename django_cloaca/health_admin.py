@@ -3,7 +3,7 @@
 The list marks a trigger **unhealthy** by the rule of
 ``cloaca_celery.health`` (its last 3 polls failed, or it was not polled for 3
 intervals), the one ``celery cloaca check`` applies; its last poll comes from
-the health counts, joined in the list's query (one query for the page). A
+the health counts, read once for the page (:class:`_LastPolls`). A
 trigger's page draws its counts of the last hour (a bar a minute) and the
 last day (a bar per 20 minutes) as inline SVG: no script, no CDN.
 """
@@ -11,11 +11,12 @@ last day (a bar per 20 minutes) as inline SVG: no script, no CDN.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from django.contrib import admin
-from django.db.models import Max, OuterRef, QuerySet, Subquery
+from django.db.models import QuerySet
 from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils.html import escape, format_html
@@ -25,10 +26,9 @@ from django.utils.translation import gettext_lazy as _
 from cloaca_celery.binding import runtime_of
 from cloaca_celery.counters import HealthCounts, total
 from cloaca_celery.durations import parse_duration
-from cloaca_celery.health import TriggerHealth, assess_schedule, slack_of
+from cloaca_celery.health import TriggerHealth, assess_schedule, counted_since, slack_of
 from cloaca_celery.settings import DEFAULTS
 
-from .models import TriggerHealth as TriggerHealthRow
 from .models import TriggerSchedule
 from .store import DjangoStore
 
@@ -51,15 +51,41 @@ def _flush_interval(app: Any) -> float:
     return parse_duration(DEFAULTS["health_flush_interval"], "cloaca_health_flush_interval")
 
 
+_FIELDS = (
+    "trigger_name", "poll_interval", "enabled", "registered", "consecutive_errors", "last_error",
+    "last_error_at", "last_poll_at", "created_at", "updated_at",
+)
+
+
+class _LastPolls:
+    """The health counts' last polls, read once for a list page (:meth:`HealthAdminMixin.changelist_view`)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, datetime] | None = None
+
+    def of(self, obj: TriggerSchedule, now: datetime, slack: float) -> datetime | None:
+        if self.found is None:
+            intervals = TriggerSchedule.objects.using(obj._state.db).values("poll_interval")
+            since = counted_since(intervals, now, slack)
+            self.found = DjangoStore(using=obj._state.db).last_polls(since)
+        return self.found.get(obj.trigger_name)
+
+
+_page: ContextVar[_LastPolls | None] = ContextVar("cloaca_admin_last_polls", default=None)
+
+
 def schedule_health(obj: TriggerSchedule, app: Any = None) -> TriggerHealth:
-    """The health of a schedule row of the list (annotated by :meth:`HealthAdminMixin.get_queryset`)."""
-    row = {name: getattr(obj, name) for name in (
-        "trigger_name", "poll_interval", "enabled", "registered", "consecutive_errors", "last_error",
-        "last_error_at", "last_poll_at", "created_at", "updated_at",
-    )}
-    now = getattr(obj, "cloaca_now", None) or datetime.now(timezone.utc)
-    return assess_schedule(row, last_polled_at=getattr(obj, "cloaca_counted_poll", None),
-                           now=now.astimezone(timezone.utc), slack=slack_of(_flush_interval(app)))
+    """The health of a schedule row (its ``cloaca_now`` annotated by :meth:`HealthAdminMixin.get_queryset`).
+
+    The last polls of the health counts are read once for a list page, or for
+    this row alone elsewhere (a trigger's page)."""
+    row = {name: getattr(obj, name) for name in _FIELDS}
+    now = (getattr(obj, "cloaca_now", None) or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    slack = slack_of(_flush_interval(app))
+    polls = _page.get() or _LastPolls()
+    if _page.get() is None:
+        polls.found = DjangoStore(using=obj._state.db).last_polls(counted_since([row], now, slack))
+    return assess_schedule(row, last_polled_at=polls.of(obj, now, slack), now=now, slack=slack)
 
 
 def _value(row: HealthCounts, name: str) -> int:
@@ -142,10 +168,19 @@ class HealthAdminMixin:
     health_fieldset = (_("Health"), {"fields": health_fields})
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TriggerSchedule]:
-        counted = (TriggerHealthRow.objects.filter(trigger_name=OuterRef("pk")).values("trigger_name")
-                   .annotate(at=Max("last_poll_at")).values("at"))
         queryset: QuerySet[TriggerSchedule] = super().get_queryset(request)  # type: ignore[misc]
-        return queryset.annotate(cloaca_counted_poll=Subquery(counted), cloaca_now=Now())
+        return queryset.annotate(cloaca_now=Now())
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """The list, rendered here so that its health column reads the last polls once for the page."""
+        token = _page.set(_LastPolls())
+        try:
+            response = super().changelist_view(request, extra_context)  # type: ignore[misc]
+            if hasattr(response, "render"):
+                response.render()
+            return response
+        finally:
+            _page.reset(token)
 
     @admin.display(description=_("health"))
     def health_status(self, obj: TriggerSchedule) -> str:

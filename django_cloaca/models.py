@@ -209,50 +209,38 @@ class TriggerPending(models.Model):
 
 
 def _no_buckets() -> list[int]:
+    """The default of a column of ``0005_health`` (a migration refers to it: keep it)."""
     return []
 
 
-class TriggerHealth(models.Model):
-    """One process's health counts of one trigger over one minute (``cloaca_celery.counters``).
+def _no_counts() -> dict[str, Any]:
+    return {}
 
-    Its primary key is ``health_key`` (``cloaca_celery.store.health_key`` of
-    the trigger, minute and process); each process replaces its own row at
-    every flush, and readers sum the rows of a minute. The ``*_buckets``
-    columns are histograms over ``cloaca_celery.counters.BUCKETS``."""
 
-    health_key = models.CharField(max_length=320, primary_key=True)
-    trigger_name = models.CharField("trigger", max_length=200)
+class HealthMinute(models.Model):
+    """One process's health counts of one minute for one group of triggers (``cloaca_celery.counters``).
+
+    Its primary key is ``group_key`` (``cloaca_celery.store.health_group_key``
+    of the minute, process and group); ``counts`` holds each trigger's counts
+    of the group (``cloaca_celery.store.health_entry``) by name. Each process
+    replaces its own row at every flush, and readers sum the rows of a
+    minute."""
+
+    group_key = models.CharField(max_length=140, primary_key=True)
     minute = models.DateTimeField()
     process = models.CharField(max_length=100)
-    polls = models.IntegerField(default=0)
-    skips = models.IntegerField(default=0)
-    fires = models.IntegerField(default=0)
-    held_skip = models.IntegerField(default=0)
-    held_buffer_one = models.IntegerField(default=0)
-    held_buffer_all = models.IntegerField(default=0)
-    held_cancel_other = models.IntegerField(default=0)
-    held_terminate_other = models.IntegerField(default=0)
-    pending = models.IntegerField(default=0)
-    cancelled = models.IntegerField(default=0)
-    dropped = models.IntegerField(default=0)
-    errors = models.IntegerField(default=0)
-    late = models.IntegerField(default=0)
-    poll_buckets = models.JSONField(default=_no_buckets)
-    poll_seconds_sum = models.FloatField(default=0.0)
-    poll_seconds_max = models.FloatField(default=0.0)
-    latency_buckets = models.JSONField(default=_no_buckets)
-    latency_seconds_sum = models.FloatField(default=0.0)
-    latency_seconds_max = models.FloatField(default=0.0)
+    shard = models.IntegerField()
+    counts = models.JSONField(default=_no_counts)
     last_poll_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        db_table = "cloaca_health"
-        verbose_name = _("health count")
-        verbose_name_plural = _("health counts")
+        db_table = "cloaca_health_minutes"
+        verbose_name = _("health counts of a minute")
+        verbose_name_plural = _("health counts of minutes")
         indexes = [
-            models.Index(fields=["trigger_name", "minute"], name="ix_cloaca_health_trigger"),
-            models.Index(fields=["minute"], name="ix_cloaca_health_minute"),
+            models.Index(fields=["shard", "minute"], name="ix_cloaca_health_min_shard"),
+            models.Index(fields=["minute"], name="ix_cloaca_health_min_minute"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.trigger_name} {self.minute:%Y-%m-%d %H:%M} {self.process}"
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.process} group {self.shard}"

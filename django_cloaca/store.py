@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -34,7 +34,6 @@ from django.db.models import (
     ExpressionWrapper,
     F,
     FloatField,
-    Max,
     Min,
     OuterRef,
     Q,
@@ -45,7 +44,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Floor
 
 from cloaca_celery import store as rules
-from cloaca_celery.counters import HealthCounts
+from cloaca_celery.counters import HealthCounts, health_shard
 from cloaca_celery.errors import ConfigurationError
 from cloaca_celery.store import (
     DuePoll,
@@ -59,9 +58,9 @@ from cloaca_celery.store import (
 )
 
 from .models import (
+    HealthMinute,
     TriggerClaim,
     TriggerExecution,
-    TriggerHealth,
     TriggerPending,
     TriggerSchedule,
     TriggerStep,
@@ -92,7 +91,7 @@ class DjangoStore:
         tables = set(connections[self.using].introspection.table_names())
         missing = {
             "cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending",
-            "cloaca_health",
+            "cloaca_health_minutes",
         }
         missing -= tables
         if missing:
@@ -394,30 +393,31 @@ class DjangoStore:
     # -- health counts -----------------------------------------------------------
 
     def save_health(self, process: str, rows: Collection[HealthCounts]) -> None:
-        objects = [TriggerHealth(**rules.health_row(process, row)) for row in rows]
+        objects = [HealthMinute(**row) for row in rules.health_rows(process, rows)]
         if not objects:
             return
         features = connections[self.using].features
-        target = ["health_key"] if features.supports_update_conflicts_with_target else None
-        changed = [name for name in rules.HEALTH_FIELDS if name != "health_key"]
+        target = ["group_key"] if features.supports_update_conflicts_with_target else None
+        changed = [name for name in rules.HEALTH_FIELDS if name != "group_key"]
         with transaction.atomic(using=self.using):
-            TriggerHealth.objects.using(self.using).bulk_create(
+            HealthMinute.objects.using(self.using).bulk_create(
                 objects, update_conflicts=True, unique_fields=target, update_fields=changed,
             )
 
     def health(self, trigger_name: str | None, since: datetime) -> list[HealthCounts]:
-        rows = TriggerHealth.objects.using(self.using).filter(minute__gte=rules.health_since(since))
+        rows = HealthMinute.objects.using(self.using).filter(minute__gte=rules.health_since(since))
         if trigger_name is not None:
-            rows = rows.filter(trigger_name=trigger_name)
-        return rules.merged_health(rows.values(*rules.HEALTH_FIELDS))
+            rows = rows.filter(shard=health_shard(trigger_name))
+        return rules.merged_health(rows.values("minute", "counts"), trigger_name)
 
-    def last_polls(self) -> dict[str, datetime]:
-        found = (TriggerHealth.objects.using(self.using).exclude(last_poll_at=None).values("trigger_name")
-                 .annotate(at=Max("last_poll_at")).values_list("trigger_name", "at"))
-        return {name: at.astimezone(timezone.utc) for name, at in found}
+    def last_polls(self, since: datetime | None = None) -> dict[str, datetime]:
+        rows = HealthMinute.objects.using(self.using).exclude(last_poll_at=None)
+        if since is not None:
+            rows = rows.filter(minute__gte=rules.health_since(since))
+        return rules.last_polls_of(rows.values("counts"))
 
     def prune_health(self, before: datetime) -> int:
-        return int(TriggerHealth.objects.using(self.using).filter(minute__lt=before).delete()[0])
+        return int(HealthMinute.objects.using(self.using).filter(minute__lt=before).delete()[0])
 
     # -- pending fires (overlap policies) -----------------------------------------
 

@@ -38,6 +38,9 @@ VARYING = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<id>"),
     (re.compile(r"sqlite:///\S+?\.db"), "<store>"),
     (re.compile(r'"took_ms": [0-9.]+'), '"took_ms": <ms>'),
+    # How long since the counts written before the commands ran: it grows while they run (on a
+    # busy machine, past the half minute that turns "10m" into "11m").
+    (re.compile(r"not polled for [0-9.]+[smhd] "), "not polled for <idle> "),
 ]
 
 

@@ -7,33 +7,48 @@ migrates it with the engine cloaca itself uses (``SqlStore(...).engine``).
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, event, inspect, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Double,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    event,
+    inspect,
+    text,
+)
 
 from cloaca_celery.migrations import VERSION_TABLE, alembic_config, current_revision, head_revision, upgrade
-from cloaca_celery.sqlschema import metadata
+from cloaca_celery.sqlschema import UTCDateTime, metadata
 from cloaca_celery.sqlstore import SqlStore
 from cloaca_celery.store import ACTIVE_STATUSES, Held, NewExecution, PendingFire, TriggerSpec, claim_key
 from tests.contract.conftest import Backend
 
 CLOACA_TABLES = {
     "cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps", "cloaca_pending",
-    "cloaca_health",
+    "cloaca_health_minutes",
 }
+AT_0007 = CLOACA_TABLES - {"cloaca_health_minutes"} | {"cloaca_health"}
 TABLES_AT = {
     "0001": {"cloaca_schedules"},
     "0002": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0003": {"cloaca_schedules", "cloaca_executions", "cloaca_claims"},
     "0004": {"cloaca_schedules", "cloaca_executions", "cloaca_claims", "cloaca_steps"},
-    "0005": CLOACA_TABLES - {"cloaca_health"},
-    "0006": CLOACA_TABLES - {"cloaca_health"},
-    "0007": CLOACA_TABLES,
+    "0005": AT_0007 - {"cloaca_health"},
+    "0006": AT_0007 - {"cloaca_health"},
+    "0007": AT_0007,
+    "0008": CLOACA_TABLES,
 }
 
 
@@ -55,8 +70,8 @@ def table_names(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
 
 
-def test_head_is_0007() -> None:
-    assert head_revision() == "0007"
+def test_head_is_0008() -> None:
+    assert head_revision() == "0008"
 
 
 def test_fresh_database_at_head_matches_the_metadata(backend: Backend) -> None:
@@ -413,6 +428,64 @@ def test_upgrade_from_0005_adds_empty_pause_columns_and_a_downgrade_drops_them(b
         assert conn.execute(text("SELECT enabled FROM cloaca_schedules")).scalar() in (False, 0)
     upgrade(engine)
     assert store.get_schedule("orders")["paused_at"] is None
+
+
+def _per_trigger_health() -> Table:
+    """``cloaca_health`` as revision 0007 made it (a row per trigger, minute and process)."""
+    counts = ("polls", "skips", "fires", "held_skip", "held_buffer_one", "held_buffer_all",
+              "held_cancel_other", "held_terminate_other", "pending", "cancelled", "dropped", "errors", "late")
+    return Table(
+        "cloaca_health", MetaData(),
+        Column("health_key", String(320), primary_key=True), Column("trigger_name", String(200)),
+        Column("minute", UTCDateTime), Column("process", String(100)),
+        *(Column(name, Integer) for name in counts),
+        Column("poll_buckets", JSON), Column("poll_seconds_sum", Double), Column("poll_seconds_max", Double),
+        Column("latency_buckets", JSON), Column("latency_seconds_sum", Double),
+        Column("latency_seconds_max", Double), Column("last_poll_at", UTCDateTime),
+    )
+
+
+def test_upgrade_from_0007_keeps_the_health_counts_a_row_per_minute_process_and_group(
+    backend: Backend,
+) -> None:
+    """0008: the per-trigger rows of 0007 become one row per (minute, process, group), their counts kept."""
+    store = backend.store()
+    engine = store.engine
+    upgrade(engine, "0007")
+    minute = datetime(2025, 11, 28, 12, 0, tzinfo=timezone.utc)
+    names = ["orders", "reports", "café ☕", "a" * 200]
+    zero = dict.fromkeys(("held_skip", "held_buffer_one", "held_buffer_all", "held_cancel_other",
+                          "held_terminate_other", "pending", "cancelled", "dropped", "errors", "late"), 0)
+    rows = [
+        {"health_key": f"{i}-{process}-{n}", "trigger_name": name, "minute": minute + timedelta(minutes=n),
+         "process": process, "polls": 3 + i, "skips": 2 + i, "fires": 1, **zero,
+         "poll_buckets": [0, 2 + i, 1], "poll_seconds_sum": 0.01, "poll_seconds_max": 0.004 + n,
+         "latency_buckets": [], "latency_seconds_sum": 0.0, "latency_seconds_max": 0.0,
+         "last_poll_at": minute + timedelta(minutes=n, seconds=10 + i)}
+        for i, name in enumerate(names) for process in ("host-a:1:aa", "host-b:2:bb") for n in (0, 1)
+    ]
+    with engine.begin() as conn:
+        conn.execute(_per_trigger_health().insert(), rows)
+    upgrade(engine)
+    assert schema_diff(engine) == []
+    assert table_names(engine) == CLOACA_TABLES | {VERSION_TABLE}
+    found = store.health(None, minute)
+    assert sorted((row.trigger_name, row.minute, row.polls, row.skips, row.fires) for row in found) == sorted(
+        (name, minute + timedelta(minutes=n), 2 * (3 + i), 2 * (2 + i), 2)
+        for i, name in enumerate(names) for n in (0, 1)
+    )
+    orders = store.health("orders", minute + timedelta(minutes=1))
+    assert [(row.poll_seconds.count, row.poll_seconds.largest) for row in orders] == [
+        (6, pytest.approx(1.004)),
+    ]
+    assert store.last_polls()["reports"] == minute + timedelta(minutes=1, seconds=11)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT COUNT(*) FROM cloaca_health_minutes")).scalar() <= 2 * 2 * len(names)
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0007")
+    assert table_names(engine) == AT_0007 | {VERSION_TABLE}
+    upgrade(engine)
+    assert store.health(None, minute) == []
 
 
 def test_upgrade_twice_is_a_no_op(backend: Backend) -> None:

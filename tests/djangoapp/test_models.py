@@ -154,3 +154,29 @@ def test_execution_duration_and_str(store: DjangoStore) -> None:
     assert row.duration == 2.5
     assert "invoice_watcher" in str(row) and "succeeded" in str(row)
     assert str(TriggerSchedule.objects.get(pk="invoice_watcher")) == "invoice_watcher"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0006_keeps_the_health_counts_a_row_per_minute_process_and_group() -> None:
+    minute = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    names = ["invoice_watcher", "nightly_report", "café ☕"]
+    with migrated_back_to("0005_health") as old_model:
+        for i, name in enumerate(names):
+            for process in ("host-a:1:aa", "host-b:2:bb"):
+                old_model("TriggerHealth").objects.create(
+                    health_key=f"{i}-{process}", trigger_name=name, minute=minute, process=process,
+                    polls=4 + i, skips=3 + i, fires=1, poll_buckets=[0, 4 + i], poll_seconds_sum=0.01,
+                    poll_seconds_max=0.002, latency_buckets=[1], latency_seconds_sum=0.3,
+                    latency_seconds_max=0.3, last_poll_at=minute + timedelta(seconds=10 + i),
+                )
+        migrate_to()
+    store = DjangoStore()
+    found = store.health(None, minute)
+    assert sorted((row.trigger_name, row.polls, row.skips, row.fires, row.latency_seconds.count)
+                  for row in found) == sorted(
+        (name, 2 * (4 + i), 2 * (3 + i), 2, 2) for i, name in enumerate(names)
+    )
+    assert store.last_polls()["café ☕"] == minute + timedelta(seconds=12)
+    from django_cloaca.models import HealthMinute
+
+    assert HealthMinute.objects.count() <= 2 * len(names)

@@ -8,7 +8,17 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cloaca_celery.counters import BUCKETS, Durations, HealthCounter, HealthCounts, median, merge, minute_of
+from cloaca_celery.counters import (
+    BUCKETS,
+    HEALTH_SHARDS,
+    Durations,
+    HealthCounter,
+    HealthCounts,
+    health_shard,
+    median,
+    merge,
+    minute_of,
+)
 from cloaca_celery.health import assess_schedule
 
 T0 = 1_764_331_234.5  # 2025-11-28T12:00:34.5Z
@@ -72,7 +82,7 @@ def test_nothing_counted_is_nothing_written() -> None:
     assert len(sink.writes) == 1
 
 
-def test_each_flush_writes_the_minutes_totals_and_a_past_minute_is_forgotten_once_written() -> None:
+def test_each_flush_writes_the_minutes_totals_and_a_past_minute_is_forgotten_a_minute_later() -> None:
     clock, sink = Clock(T0), Sink()
     health = counter(clock, sink)
     health.poll("orders", "skipped", "skip", T0, T0)
@@ -84,7 +94,49 @@ def test_each_flush_writes_the_minutes_totals_and_a_past_minute_is_forgotten_onc
     health.poll("orders", "skipped", "skip", T0 + 60, T0 + 60)
     health.flush()
     assert [(row.minute, row.skips) for row in sink.writes[-1][1]] == [(MINUTE + timedelta(minutes=1), 1)]
-    assert [row.minute for row in health.snapshot()] == [MINUTE + timedelta(minutes=1)]
+    assert [row.minute for row in health.snapshot()] == [MINUTE, MINUTE + timedelta(minutes=1)]
+    clock.at = T0 + 120
+    health.poll("orders", "skipped", "skip", T0 + 120, T0 + 120)
+    health.flush()
+    assert [row.minute for row in health.snapshot()] == [MINUTE + timedelta(minutes=1),
+                                                         MINUTE + timedelta(minutes=2)]
+
+
+def names_in(shard: int, count: int) -> list[str]:
+    return [name for name in (f"t{i}" for i in range(1000)) if health_shard(name) == shard][:count]
+
+
+def test_a_flush_writes_each_changed_group_whole_and_no_other() -> None:
+    clock, sink = Clock(T0), Sink()
+    health = counter(clock, sink)
+    one, two = names_in(3, 2)
+    [other] = names_in(5, 1)
+    for name in (one, two, other):
+        health.poll(name, "skipped", "skip", T0, T0)
+    assert health.flush() == 3
+    health.poll(one, "fired", "skip", T0 + 1, T0 + 1)
+    assert health.flush() == 2  # the group of `one`: `two` too, unchanged, so that the row keeps it
+    assert sorted((row.trigger_name, row.polls) for row in sink.writes[-1][1]) == sorted([(one, 2), (two, 1)])
+
+
+def test_a_late_count_for_the_minute_before_rewrites_its_group_with_every_trigger() -> None:
+    clock, sink = Clock(T0), Sink()
+    health = counter(clock, sink)
+    one, two = names_in(7, 2)
+    health.poll(one, "skipped", "skip", T0, T0)
+    health.poll(two, "skipped", "skip", T0, T0)
+    health.flush()
+    clock.at = T0 + 60
+    health.latency(one, T0 - 1, T0 + 1)  # its first step started in the minute before
+    health.flush()
+    assert sorted((row.trigger_name, row.minute, row.polls, row.latency_seconds.count)
+                  for row in sink.writes[-1][1]) == sorted([(one, MINUTE, 1, 1), (two, MINUTE, 1, 0)])
+
+
+def test_health_shards_are_stable_and_spread() -> None:
+    assert health_shard("orders") == health_shard("orders")
+    assert 0 <= health_shard("café ☕") < HEALTH_SHARDS
+    assert len({health_shard(f"t{i}") for i in range(200)}) == HEALTH_SHARDS
 
 
 def test_a_failed_write_is_made_again_at_the_next_flush() -> None:
