@@ -433,7 +433,8 @@ def test_upgrade_from_0005_adds_empty_pause_columns_and_a_downgrade_drops_them(b
 def _per_trigger_health() -> Table:
     """``cloaca_health`` as revision 0007 made it (a row per trigger, minute and process)."""
     counts = ("polls", "skips", "fires", "held_skip", "held_buffer_one", "held_buffer_all",
-              "held_cancel_other", "held_terminate_other", "pending", "cancelled", "dropped", "errors", "late")
+              "held_cancel_other", "held_terminate_other", "pending", "cancelled", "dropped", "errors",
+              "late")
     return Table(
         "cloaca_health", MetaData(),
         Column("health_key", String(320), primary_key=True), Column("trigger_name", String(200)),
