@@ -94,7 +94,7 @@ def rows(size: Size) -> list[Row]:
         Row("Backlog of skipped polls: store statements of any kind per poll", "skip_statements",
             "skip_statements_bare"),
         Row("Backlog of skipped polls: of the rows per poll, health-count rows (cloaca_health_minutes: "
-            "at most 16 per flush and process)", "skip_health_rows", digits=3),
+            "at most 16 per minute, flush and process)", "skip_health_rows", digits=3),
         Row("Store rows written per fire (pg_stat_user_tables)", "fire_rows"),
         Row("Store write statements per fire (SQLAlchemy)", "fire_writes"),
         Row("Store statements of any kind per fire", "fire_statements"),

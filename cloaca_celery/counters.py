@@ -10,8 +10,8 @@ the worker writes the rest when it stops): one row per minute, process and
 group of triggers (:func:`health_shard`: :data:`HEALTH_SHARDS` groups by a
 hash of the name), holding that process's totals for the minute of each
 trigger of the group. A skipped poll therefore adds no store row of its own:
-a flush writes at most :data:`HEALTH_SHARDS` rows however many triggers it
-counted. A row is replaced,
+a flush writes at most :data:`HEALTH_SHARDS` rows per minute however many
+triggers it counted. A row is replaced,
 never added to, so a write that failed is simply made again; rows of the
 same minute from several processes and hosts are summed when read
 (:func:`merge`).

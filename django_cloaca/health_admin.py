@@ -82,10 +82,13 @@ def schedule_health(obj: TriggerSchedule, app: Any = None) -> TriggerHealth:
     row = {name: getattr(obj, name) for name in _FIELDS}
     now = (getattr(obj, "cloaca_now", None) or datetime.now(timezone.utc)).astimezone(timezone.utc)
     slack = slack_of(_flush_interval(app))
-    polls = _page.get() or _LastPolls()
-    if _page.get() is None:
-        polls.found = DjangoStore(using=obj._state.db).last_polls(counted_since([row], now, slack))
-    return assess_schedule(row, last_polled_at=polls.of(obj, now, slack), now=now, slack=slack)
+    page = _page.get()
+    if page is not None:
+        counted = page.of(obj, now, slack)
+    else:
+        since = counted_since([row], now, slack)
+        counted = DjangoStore(using=obj._state.db).last_polls(since).get(obj.trigger_name)
+    return assess_schedule(row, last_polled_at=counted, now=now, slack=slack)
 
 
 def _value(row: HealthCounts, name: str) -> int:
